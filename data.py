@@ -1,0 +1,311 @@
+"""CIFAR-10 data: download, read the python pickles, a synthetic stand-in, mean/std, augmentations, DataModule.
+
+Images are kept as uint8 arrays of shape (N, 32, 32, 3) until the transforms turn them into normalised tensors.
+"""
+import hashlib
+import json
+import os
+import pickle
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks PyPI on import otherwise
+
+import albumentations as A
+import cv2
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from albumentations.pytorch import ToTensorV2
+from torch.utils.data import DataLoader, Dataset
+
+from utils import UsageError, atomic_write_json
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
+FOLDER = "cifar-10-batches-py"
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_FILES = ("test_batch",)
+STATS_FILE = "channel_stats.json"
+
+
+# ---------------------------------------------------------------------------------------------------- the real data
+def cifar_folder(data_dir) -> Path:
+    """`data_dir/cifar-10-batches-py`, or `data_dir` itself when it already is that folder."""
+    data_dir = Path(data_dir)
+    return data_dir if data_dir.name == FOLDER else data_dir / FOLDER
+
+
+def has_cifar10(data_dir) -> bool:
+    folder = cifar_folder(data_dir)
+    return all((folder / name).is_file() for name in TRAIN_FILES + TEST_FILES)
+
+
+def download_cifar10(data_dir, url=None, md5=CIFAR_MD5) -> Path:
+    """Fetch and unpack the official archive (progress bar, md5 check) unless the batches are already there."""
+    url = url or CIFAR_URL
+    if has_cifar10(data_dir):
+        return cifar_folder(data_dir)
+    from torchvision.datasets.utils import download_and_extract_archive  # only needed for this one call
+
+    root = Path(data_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        download_and_extract_archive(url, download_root=str(root), md5=md5)
+    except Exception as error:  # URLError, HTTPError, socket timeouts, "File not found or corrupted", tar errors
+        raise UsageError(
+            f"CIFAR-10 is not in {cifar_folder(data_dir)} and could not be downloaded from {url} "
+            f"({type(error).__name__}: {error}). Put a '{FOLDER}' folder in --data-dir, or use --synthetic."
+        ) from None
+    if not has_cifar10(data_dir):
+        raise UsageError(f"the archive from {url} did not contain {FOLDER}/ with {', '.join(TRAIN_FILES + TEST_FILES)}")
+    return cifar_folder(data_dir)
+
+
+def read_batch(path):
+    """One CIFAR-10 python batch -> (uint8 images N x 32 x 32 x 3, int64 labels, batch_label)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path} is missing: --data-dir must hold the complete '{FOLDER}' folder "
+                         f"({', '.join(TRAIN_FILES + TEST_FILES)}), or use --synthetic")
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="latin1")
+    except Exception as error:  # truncated or foreign files raise anything from EOFError to UnpicklingError
+        raise UsageError(f"{path} is not a readable CIFAR-10 batch ({type(error).__name__}: {error}); "
+                         "delete the folder so it is downloaded again") from None
+    if not isinstance(batch, dict) or "data" not in batch or "labels" not in batch:
+        raise UsageError(f"{path} is not a CIFAR-10 batch: expected a dict with 'data' and 'labels'")
+    data, labels = np.asarray(batch["data"]), np.asarray(batch["labels"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        raise UsageError(f"{path} is not a CIFAR-10 batch: 'data' is {data.dtype} {data.shape}, "
+                         f"expected uint8 (N, 3072) with N = {len(labels)} labels")
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(CLASSES)):
+        raise UsageError(f"{path} has labels outside 0..9")
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels.astype(np.int64), str(batch.get("batch_label", ""))
+
+
+def load_cifar10(data_dir):
+    """Read the standard pickles (official archive, or any folder in that format) into uint8 arrays."""
+    folder = cifar_folder(data_dir)
+    if not folder.is_dir():
+        raise UsageError(f"no '{FOLDER}' folder in {data_dir}: run without --synthetic on a machine with network "
+                         "to download it, point --data-dir at a folder that holds it, or use --synthetic")
+    train = [read_batch(folder / name) for name in TRAIN_FILES]
+    test_images, test_labels, _ = read_batch(folder / TEST_FILES[0])
+    source = "CIFAR-10 " + ("(JPEG offline copy)" if "JPEG" in train[0][2] else "(official)") + f" in {folder}"
+    return {
+        "train_images": np.concatenate([b[0] for b in train]),
+        "train_labels": np.concatenate([b[1] for b in train]),
+        "test_images": test_images,
+        "test_labels": test_labels,
+        "source": source,
+    }
+
+
+def write_cifar_folder(data_dir, train_images, train_labels, test_images, test_labels, batch_label="synthetic"):
+    """Write arrays in the official pickle layout (5 train batches + test batch + batches.meta)."""
+    folder = cifar_folder(data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    splits = [(TRAIN_FILES, train_images, train_labels), (TEST_FILES, test_images, test_labels)]
+    for names, images, labels in splits:
+        for name, index in zip(names, np.array_split(np.arange(len(labels)), len(names))):
+            rows = images[index].transpose(0, 3, 1, 2).reshape(len(index), -1)
+            batch = {"batch_label": f"{batch_label} {name}", "labels": labels[index].tolist(),
+                     "data": np.ascontiguousarray(rows, dtype=np.uint8), "filenames": [f"{i}.png" for i in index]}
+            with open(folder / name, "wb") as f:
+                pickle.dump(batch, f, protocol=4)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": list(CLASSES), "num_cases_per_batch": 10000, "num_vis": 3072}, f, protocol=4)
+    return folder
+
+
+# ------------------------------------------------------------------------------------------------ the synthetic data
+PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+                    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212]], dtype=np.float32)
+
+
+def make_synthetic(n, seed=0):
+    """`n` learnable CIFAR-like images: class c is shape c % 5 (disk, square, triangle, bar, ring) in colour c,
+    at a random place and size, on a noisy random background. Returns (uint8 N x 32 x 32 x 3, int64 labels)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(n) % len(CLASSES)).astype(np.int64)
+    yy, xx = np.mgrid[0:32, 0:32].astype(np.float32)
+    cy, cx = (rng.uniform(11, 21, (2, n, 1, 1))).astype(np.float32)
+    r = rng.uniform(5, 9, (n, 1, 1)).astype(np.float32)
+    dy, dx = yy - cy, xx - cx
+    dist = np.sqrt(dx ** 2 + dy ** 2)
+    masks = np.stack([
+        dist <= r,                                                 # disk
+        (np.abs(dx) <= 0.8 * r) & (np.abs(dy) <= 0.8 * r),         # square
+        (dy >= -r) & (dy <= r) & (np.abs(dx) <= (dy + r) / 2),     # triangle
+        (np.abs(dy) <= r / 3) & (np.abs(dx) <= 1.3 * r),           # bar
+        (dist <= r) & (dist >= r / 2),                             # ring
+    ])
+    mask = masks[labels % 5, np.arange(n)][..., None]
+    background = rng.uniform(0, 110, (n, 1, 1, 3)) + rng.normal(0, 18, (n, 32, 32, 3))
+    colour = PALETTE[labels][:, None, None, :] + rng.normal(0, 18, (n, 1, 1, 3))
+    foreground = colour + rng.normal(0, 12, (n, 32, 32, 3))
+    images = np.where(mask, foreground, background)
+    return np.clip(images, 0, 255).astype(np.uint8), labels
+
+
+# ------------------------------------------------------------------------------------------------------ statistics
+def channel_stats(images, chunk=5000):
+    """Per-channel mean and std of uint8 NHWC images, scaled to [0, 1] (float64 sums, chunked to bound memory)."""
+    total, total_sq, count = np.zeros(3), np.zeros(3), 0
+    for start in range(0, len(images), chunk):
+        pixels = images[start:start + chunk].reshape(-1, 3).astype(np.float64) / 255.0
+        total += pixels.sum(0)
+        total_sq += (pixels ** 2).sum(0)
+        count += len(pixels)
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0))
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def fingerprint(images) -> str:
+    return hashlib.sha1(np.ascontiguousarray(images).data).hexdigest()
+
+
+def cached_channel_stats(folder, images):
+    """Mean/std of the training split, cached in `folder/channel_stats.json` and recomputed if the data changed."""
+    path = Path(folder) / STATS_FILE
+    key = fingerprint(images)
+    try:
+        cached = json.loads(path.read_text())
+        if cached.get("fingerprint") == key:
+            return tuple(cached["mean"]), tuple(cached["std"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no cache yet, or an unreadable one: compute afresh
+    mean, std = channel_stats(images)
+    try:
+        atomic_write_json(path, {"fingerprint": key, "images": len(images), "mean": mean, "std": std})
+    except OSError:
+        pass  # a read-only data folder only costs the recomputation next time
+    return mean, std
+
+
+# ------------------------------------------------------------------------------------------------------ transforms
+def train_transforms(mean, std, cutout=8, pad=4):
+    """Reflect-pad + random crop, horizontal flip, one cutout hole filled with the dataset mean, normalise."""
+    steps = [
+        A.PadIfNeeded(32 + 2 * pad, 32 + 2 * pad, border_mode=cv2.BORDER_REFLECT_101),
+        A.RandomCrop(32, 32),
+        A.HorizontalFlip(p=0.5),
+    ]
+    if cutout:
+        fill = tuple(round(m * 255) for m in mean)
+        steps.append(A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(cutout, cutout),
+                                     hole_width_range=(cutout, cutout), fill=fill, p=1.0))
+    steps += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
+    return A.Compose(steps)
+
+
+def eval_transforms(mean, std):
+    return A.Compose([A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()])
+
+
+def denormalize(tensor, mean, std):
+    """Normalised CHW (or NCHW) tensor -> float tensor in [0, 1], for display."""
+    mean = torch.as_tensor(mean, dtype=tensor.dtype, device=tensor.device).view(-1, 1, 1)
+    std = torch.as_tensor(std, dtype=tensor.dtype, device=tensor.device).view(-1, 1, 1)
+    return (tensor * std + mean).clamp(0, 1)
+
+
+class ImageArrayDataset(Dataset):
+    """uint8 NHWC images + labels, transformed one image at a time by an albumentations pipeline."""
+
+    def __init__(self, images, labels, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return self.transform(image=self.images[index])["image"], int(self.labels[index])
+
+
+# ------------------------------------------------------------------------------------------------------ DataModule
+def balanced_subset(labels, n, seed, what="--train-size"):
+    """Indices of `n` images spread evenly over the classes (the first n % 10 classes get one more)."""
+    classes = len(CLASSES)
+    if n < classes:
+        raise UsageError(f"{what} {n} is too small: it needs at least one image per class ({classes})")
+    rng = np.random.default_rng(seed)
+    picked = []
+    for c in range(classes):
+        want = n // classes + (c < n % classes)
+        members = np.flatnonzero(labels == c)
+        if want > len(members):
+            raise UsageError(f"{what} {n} asks for {want} images of class '{CLASSES[c]}' but the data has "
+                             f"{len(members)} ({len(labels)} images in all)")
+        picked.append(rng.permutation(members)[:want])
+    return rng.permutation(np.concatenate(picked))
+
+
+def default_num_workers():
+    """One worker per spare core (the main process needs one), at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cores - 1))
+
+
+class CIFAR10DataModule(pl.LightningDataModule):
+    """CIFAR-10 (or the synthetic stand-in) with albumentations augmentation; the test split doubles as validation."""
+
+    def __init__(self, data_dir="data", batch_size=512, synthetic=False, train_size=None, test_size=None,
+                 seed=0, cutout=8, num_workers=None):
+        super().__init__()
+        if batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+        for name, size in (("--train-size", train_size), ("--test-size", test_size)):
+            if size is not None and size < len(CLASSES):
+                raise UsageError(f"{name} {size} is too small: it needs at least one image per class ({len(CLASSES)})")
+        self.save_hyperparameters()
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.classes = CLASSES
+        self.train_set = None
+
+    def prepare_data(self):
+        if not self.hparams.synthetic:
+            download_cifar10(self.hparams.data_dir)
+
+    def setup(self, stage=None):
+        if self.train_set is not None:
+            return
+        hp = self.hparams
+        if hp.synthetic:
+            self.train_images, self.train_labels = make_synthetic(hp.train_size or 5000, seed=hp.seed)
+            self.test_images, self.test_labels = make_synthetic(hp.test_size or 1000, seed=hp.seed + 1)
+            self.mean, self.std = channel_stats(self.train_images)
+            self.source = "synthetic"
+        else:
+            data = load_cifar10(hp.data_dir)
+            self.mean, self.std = cached_channel_stats(cifar_folder(hp.data_dir), data["train_images"])
+            self.train_images, self.train_labels = data["train_images"], data["train_labels"]
+            self.test_images, self.test_labels = data["test_images"], data["test_labels"]
+            if hp.train_size is not None:
+                keep = balanced_subset(self.train_labels, hp.train_size, hp.seed, "--train-size")
+                self.train_images, self.train_labels = self.train_images[keep], self.train_labels[keep]
+            if hp.test_size is not None:
+                keep = np.sort(balanced_subset(self.test_labels, hp.test_size, hp.seed, "--test-size"))
+                self.test_images, self.test_labels = self.test_images[keep], self.test_labels[keep]
+            self.source = data["source"]
+        self.train_set = ImageArrayDataset(self.train_images, self.train_labels,
+                                           train_transforms(self.mean, self.std, cutout=hp.cutout))
+        self.test_set = ImageArrayDataset(self.test_images, self.test_labels, eval_transforms(self.mean, self.std))
+
+    def _loader(self, dataset, shuffle):
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self):
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader(self.test_set, shuffle=False)
+
+    def test_dataloader(self):
+        return self._loader(self.test_set, shuffle=False)

@@ -1,0 +1,76 @@
+"""The LightningModule: any model of model.py trained with cross-entropy, SGD-Nesterov or Adam and OneCycleLR."""
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from model import build_model
+from utils import UsageError
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+class LitClassifier(pl.LightningModule):
+    """`lr` is the OneCycle peak; it warms up for `pct_start` of the steps, then anneals linearly towards zero."""
+
+    def __init__(self, model_name="custom_resnet", num_classes=10, optimizer="sgd", lr=0.4, momentum=0.9,
+                 weight_decay=5e-4, pct_start=0.25, label_smoothing=0.0, logit_scale=0.125):
+        super().__init__()
+        if optimizer not in OPTIMIZERS:
+            raise UsageError(f"unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+        if not lr > 0:
+            raise UsageError(f"the learning rate must be positive, got {lr}")
+        self.save_hyperparameters()
+        self.model = build_model(model_name, num_classes=num_classes, logit_scale=logit_scale)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        # average="micro" is plain accuracy; MulticlassAccuracy's default ("macro") averages per-class recalls.
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def forward(self, x):
+        return self.model(x)
+
+    def _shared_step(self, batch, stage, accuracy):
+        images, labels = batch
+        logits = self(images)
+        loss = self.criterion(logits, labels)
+        accuracy(logits, labels)
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=stage != "train")
+        self.log(f"{stage}_acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._shared_step(batch, "train", self.train_acc)
+
+    def validation_step(self, batch, batch_idx):
+        self._shared_step(batch, "val", self.val_acc)
+
+    def test_step(self, batch, batch_idx):
+        self._shared_step(batch, "test", self.test_acc)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        if hp.optimizer == "sgd":
+            optimizer = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, nesterov=True,
+                                        weight_decay=hp.weight_decay)
+        else:
+            optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=hp.lr, total_steps=self.trainer.estimated_stepping_batches, pct_start=hp.pct_start,
+            anneal_strategy="linear", cycle_momentum=False, div_factor=25.0, final_div_factor=1e4)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def load_classifier(path, map_location="cpu"):
+    """A LitClassifier from a checkpoint written by train.py, in eval mode, or a UsageError saying what is wrong."""
+    from pathlib import Path
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"no checkpoint at {path}: train one with train.py (it writes RUN_DIR/last.ckpt)")
+    try:
+        lit = LitClassifier.load_from_checkpoint(path, map_location=map_location)
+    except Exception as error:  # truncated file, foreign checkpoint, wrong architecture: all end up here
+        raise UsageError(f"{path} is not a usable checkpoint of this project ({type(error).__name__}: {error})") \
+            from None
+    return lit.eval()

@@ -1,0 +1,65 @@
+"""Figures of a run: training curves and image grids (misclassified test images and the like)."""
+import csv
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display needed; notebooks still show the returned figures inline
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def read_metrics(path):
+    """metrics.csv (one row per epoch) -> list of dicts of floats (empty cells become NaN)."""
+    with open(path, newline="") as f:
+        return [{k: float(v) if v != "" else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def plot_curves(rows):
+    """Loss and accuracy per epoch, train against validation, from metrics.csv rows (or its path)."""
+    if not isinstance(rows, list):
+        rows = read_metrics(rows)
+    epochs = [r["epoch"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric in zip(axes, ("loss", "acc")):
+        for stage in ("train", "val"):
+            ax.plot(epochs, [r[f"{stage}_{metric}"] for r in rows], marker="o", label=stage)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel({"loss": "cross-entropy", "acc": "accuracy"}[metric])
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0].set_title("Loss")
+    axes[1].set_title(f"Accuracy (last val {rows[-1]['val_acc']:.2%})" if rows else "Accuracy")
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(images, titles, ncols=5, title=None, scale=2.0):
+    """uint8 or [0, 1] float HWC images in a grid, one title each."""
+    n = len(images)
+    if n == 0:
+        fig, ax = plt.subplots(figsize=(4, 1))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "nothing to show", ha="center", va="center")
+        return fig
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(scale * ncols, scale * nrows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, text in zip(axes.flat, images, titles):
+        ax.imshow(np.asarray(image), interpolation="nearest")
+        ax.set_title(text, fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_misclassified(images, labels, index, predicted, confidence, classes, n=20):
+    """The first `n` of the mistakes chosen by analysis.misclassified, titled true -> predicted (confidence)."""
+    index = index[:n]
+    titles = [f"true {classes[labels[i]]}\npred {classes[p]} ({c:.0%})"
+              for i, p, c in zip(index, predicted[:n], confidence[:n])]
+    return image_grid(images[index], titles, title=f"Misclassified test images, most confident first "
+                                                  f"({len(index)} shown)")

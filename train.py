@@ -1,0 +1,225 @@
+"""Train a CIFAR-10 ResNet with PyTorch Lightning and write everything about the run into one folder.
+
+    python train.py --model custom_resnet --epochs 24 --batch-size 512 --data-dir data --out runs/resnet9
+
+Any Lightning Trainer argument passes through (--accelerator, --devices, --strategy, --precision, ...).
+The run folder gets summary.json, metrics.csv, last.ckpt, curves.png, misclassified.png (+ lr_finder.png, logs/).
+"""
+import argparse
+import csv
+import inspect
+import io
+import sys
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ModelSummary
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+import analysis
+import plots
+from data import CIFAR10DataModule
+from lit_classifier import OPTIMIZERS, LitClassifier
+from lr_finder import find_lr
+from model import MODELS, count_parameters
+from utils import UsageError, atomic_savefig, atomic_write_json, atomic_write_text, describe_device
+
+METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
+# Trainer arguments this script sets itself; every other one is a pass-through flag.
+OWN_TRAINER_ARGS = {"self", "max_epochs", "logger", "callbacks", "default_root_dir", "enable_checkpointing"}
+
+
+class EpochMetricsCSV(pl.Callback):
+    """Writes metrics.csv, one row per epoch, rewritten atomically after every epoch."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.rows = []
+        self.last_lr = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        # The LR this batch trains with (by the epoch's end the scheduler has already stepped past it).
+        self.last_lr = trainer.optimizers[0].param_groups[0]["lr"]
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        # In Lightning 2.x the epoch's validation has already run here, so val_* metrics are this epoch's.
+        metrics = trainer.callback_metrics
+        row = {name: float(metrics[name]) if name in metrics else "" for name in METRIC_COLUMNS[1:-1]}
+        row = {"epoch": trainer.current_epoch + 1, **row, "lr": self.last_lr}
+        self.rows.append(row)
+        if trainer.is_global_zero:
+            text = io.StringIO()
+            writer = csv.DictWriter(text, fieldnames=METRIC_COLUMNS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+            atomic_write_text(self.path, text.getvalue())
+
+
+def trainer_value(text):
+    """Command-line text -> the Python value a Trainer argument expects (bool, None, int, float or str)."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return text
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", default="custom_resnet", help=f"one of: {', '.join(MODELS)}")
+    parser.add_argument("--epochs", type=int, default=24)
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--data-dir", default="data", help="folder holding (or receiving) cifar-10-batches-py/")
+    parser.add_argument("--synthetic", action="store_true", help="generated data: no download, no files")
+    parser.add_argument("--train-size", type=int, help="class-balanced subset of the training split")
+    parser.add_argument("--test-size", type=int, help="class-balanced subset of the test split")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr-find", action="store_true", help="set the OneCycle peak LR from an LR range test")
+    parser.add_argument("--out", required=True, help="run folder for checkpoints, metrics, summary and plots")
+    recipe = parser.add_argument_group("recipe")
+    recipe.add_argument("--optimizer", default="sgd", help=f"one of: {', '.join(OPTIMIZERS)}")
+    recipe.add_argument("--lr", type=float, default=0.4, help="OneCycle peak learning rate")
+    recipe.add_argument("--momentum", type=float, default=0.9)
+    recipe.add_argument("--weight-decay", type=float, default=5e-4)
+    recipe.add_argument("--pct-start", type=float, default=0.25, help="share of the steps spent warming up")
+    recipe.add_argument("--label-smoothing", type=float, default=0.0)
+    recipe.add_argument("--logit-scale", type=float, default=0.125,
+                        help="multiplies the logits (Page's ResNet-9 recipe: 0.125; 1 for the plain network)")
+    recipe.add_argument("--cutout", type=int, default=8, help="cutout hole size in pixels (0: none)")
+    recipe.add_argument("--num-workers", type=int, help="DataLoader workers (default: one per spare core)")
+    group = parser.add_argument_group("Lightning Trainer flags (passed through to pl.Trainer)")
+    for name, param in inspect.signature(pl.Trainer.__init__).parameters.items():
+        if name in OWN_TRAINER_ARGS or param.kind is not inspect.Parameter.KEYWORD_ONLY:
+            continue
+        flags = sorted({f"--{name}", f"--{name.replace('_', '-')}"}, key=len)
+        group.add_argument(*flags, dest=f"trainer.{name}", type=trainer_value, default=argparse.SUPPRESS,
+                           metavar="VALUE", help=f"Trainer({name}=...), default {param.default!r}")
+    return parser
+
+
+def parse_args(argv=None):
+    """-> (script options, dict of Trainer keyword arguments given on the command line)."""
+    args = build_parser().parse_args(argv)
+    trainer_kwargs = {k.split(".", 1)[1]: v for k, v in vars(args).items() if k.startswith("trainer.")}
+    for key in list(vars(args)):
+        if key.startswith("trainer."):
+            delattr(args, key)
+    return args, trainer_kwargs
+
+
+def check_args(args):
+    if args.model not in MODELS:
+        raise UsageError(f"unknown model {args.model!r}: choose one of {', '.join(MODELS)}")
+    if args.epochs < 1:
+        raise UsageError(f"--epochs must be at least 1, got {args.epochs}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder")
+
+
+def make_trainer(args, trainer_kwargs, out, metrics_csv):
+    callbacks = [
+        ModelSummary(max_depth=2),
+        ModelCheckpoint(dirpath=out, save_last=True, save_top_k=0),
+        LearningRateMonitor(logging_interval="step"),
+        metrics_csv,
+    ]
+    loggers = [CSVLogger(out, name="logs"), TensorBoardLogger(out, name="tensorboard")]
+    try:
+        return pl.Trainer(max_epochs=args.epochs, default_root_dir=out, logger=loggers, callbacks=callbacks,
+                          **trainer_kwargs)
+    except (ValueError, TypeError, RuntimeError) as error:  # includes Lightning's MisconfigurationException
+        raise UsageError(f"Lightning refused the Trainer flags {trainer_kwargs}: {error}") from None
+
+
+def run(args, trainer_kwargs):
+    """Train, test, and write the run folder; returns the summary dict."""
+    check_args(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(args.seed, workers=True)
+
+    datamodule = CIFAR10DataModule(args.data_dir, args.batch_size, synthetic=args.synthetic,
+                                   train_size=args.train_size, test_size=args.test_size, seed=args.seed,
+                                   cutout=args.cutout, num_workers=args.num_workers)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    lit = LitClassifier(args.model, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
+                        weight_decay=args.weight_decay, pct_start=args.pct_start,
+                        label_smoothing=args.label_smoothing, logit_scale=args.logit_scale)
+    if args.lr_find:
+        suggested_lr, figure = find_lr(lit.model, datamodule.train_dataloader(), optimizer=args.optimizer,
+                                       weight_decay=args.weight_decay, momentum=args.momentum)
+        atomic_savefig(figure, out / "lr_finder.png")
+        if suggested_lr is None:
+            raise UsageError("the LR range test found no clear descent to suggest a peak LR (see lr_finder.png); "
+                             "run without --lr-find and set --lr")
+        print(f"LR range test suggests a OneCycle peak of {suggested_lr:.3g}")
+        lit.hparams.lr = suggested_lr
+
+    metrics_csv = EpochMetricsCSV(out / "metrics.csv")
+    trainer = make_trainer(args, trainer_kwargs, out, metrics_csv)
+    start = time.perf_counter()
+    trainer.fit(lit, datamodule=datamodule)
+    train_seconds = time.perf_counter() - start
+    test = trainer.test(lit, datamodule=datamodule, verbose=False)[0]  # current (final-epoch) weights, never "best"
+    if not trainer.is_global_zero:
+        return None
+
+    train_images = len(datamodule.train_set)
+    summary = {
+        "model": args.model,
+        "params": count_parameters(lit.model),
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "train_images": train_images,
+        "test_images": len(datamodule.test_set),
+        "test_acc": round(float(test["test_acc"]), 6),
+        "test_loss": round(float(test["test_loss"]), 6),
+        "train_seconds": round(train_seconds, 3),
+        "images_per_second": round(train_images * args.epochs / train_seconds, 1),
+        "device": describe_device(trainer.strategy.root_device),
+        "seed": args.seed,
+        "data": datamodule.source,
+        "settings": {**{k: v for k, v in vars(args).items()}, "lr": lit.hparams.lr, "trainer": trainer_kwargs},
+        "versions": {"torch": torch.__version__, "pytorch_lightning": pl.__version__},
+    }
+    write_plots(lit, datamodule, metrics_csv.rows, out)
+    atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def write_plots(lit, datamodule, rows, out):
+    atomic_savefig(plots.plot_curves(rows), out / "curves.png")
+    probs, labels = analysis.predict(lit.model, datamodule.test_dataloader())
+    index, predicted, confidence = analysis.misclassified(probs, labels)
+    figure = plots.plot_misclassified(datamodule.test_images, labels, index, predicted, confidence,
+                                      datamodule.classes)
+    atomic_savefig(figure, out / "misclassified.png")
+
+
+def main(argv=None):
+    args, trainer_kwargs = parse_args(argv)
+    try:
+        summary = run(args, trainer_kwargs)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if summary:
+        print(f"test accuracy {summary['test_acc']:.2%} after {summary['epochs']} epochs, "
+              f"{summary['train_seconds']:.1f} s ({summary['images_per_second']:.0f} images/s) on "
+              f"{summary['device']}; run folder {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
