@@ -13,12 +13,20 @@ class UsageError(Exception):
     """A problem the user can fix (bad option, missing data...). Command lines print it as one line, no traceback."""
 
 
+# The permissions a plain open() would give (mkstemp makes its files private). Read once: os.umask can only be
+# read by setting it, which is unsafe once other threads create files.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+
+
 def atomic_write_bytes(path, data: bytes):
     """Write to a temporary file beside `path`, fsync, then rename: a crash leaves the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
