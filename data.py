@@ -6,7 +6,9 @@ import hashlib
 import json
 import os
 import pickle
+import random
 from pathlib import Path
+from typing import NamedTuple
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks PyPI on import otherwise
 
@@ -16,7 +18,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from albumentations.pytorch import ToTensorV2
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from utils import UsageError, atomic_write_json
 
@@ -42,24 +44,37 @@ def has_cifar10(data_dir) -> bool:
 
 
 def download_cifar10(data_dir, url=None, md5=CIFAR_MD5) -> Path:
-    """Fetch and unpack the official archive (progress bar, md5 check) unless the batches are already there."""
-    url = url or CIFAR_URL
-    if has_cifar10(data_dir):
-        return cifar_folder(data_dir)
-    from torchvision.datasets.utils import download_and_extract_archive  # only needed for this one call
+    """Fetch and unpack the official archive (progress bar, md5 check) unless the batches are already there.
 
-    root = Path(data_dir)
+    An archive already in the folder is used only if its MD5 is right (torchvision checks), so a download cut short
+    or corrupted on disk is fetched again; one that arrives corrupt is deleted and reported."""
+    url = url or CIFAR_URL
+    folder = cifar_folder(data_dir)
+    if has_cifar10(data_dir):
+        return folder
+    from torchvision.datasets.utils import download_url, extract_archive  # only needed here
+
+    root, archive = folder.parent, folder.parent / os.path.basename(url)
+    missing = [name for name in TRAIN_FILES + TEST_FILES if not (folder / name).is_file()]
+    absent = f"{folder} lacks {', '.join(missing)}" if folder.is_dir() else f"CIFAR-10 is not in {folder}"
     try:
         root.mkdir(parents=True, exist_ok=True)
-        download_and_extract_archive(url, download_root=str(root), md5=md5)
-    except Exception as error:  # URLError, HTTPError, socket timeouts, "File not found or corrupted", tar errors
-        raise UsageError(
-            f"CIFAR-10 is not in {cifar_folder(data_dir)} and could not be downloaded from {url} "
-            f"({type(error).__name__}: {error}). Put a '{FOLDER}' folder in --data-dir, or use --synthetic."
-        ) from None
+        download_url(url, str(root), md5=md5)
+    except RuntimeError:  # torchvision's "File not found or corrupted.": the downloaded file fails the MD5 check
+        archive.unlink(missing_ok=True)
+        raise UsageError(f"{absent}, and the archive downloaded from {url} is corrupt (its MD5 checksum is not "
+                         f"{md5}), so it was deleted: run again to download it afresh, put a '{FOLDER}' folder in "
+                         "--data-dir, or use --synthetic") from None
+    except Exception as error:  # URLError, HTTPError, socket timeouts, a read-only folder
+        raise UsageError(f"{absent} and could not be downloaded from {url} ({type(error).__name__}: {error}). "
+                         f"Put a '{FOLDER}' folder in --data-dir, or use --synthetic.") from None
+    try:
+        extract_archive(str(archive), str(root))
+    except Exception as error:  # a tar error despite the right MD5 means a full disk or a foreign archive
+        raise UsageError(f"{archive} could not be unpacked into {root} ({type(error).__name__}: {error})") from None
     if not has_cifar10(data_dir):
         raise UsageError(f"the archive from {url} did not contain {FOLDER}/ with {', '.join(TRAIN_FILES + TEST_FILES)}")
-    return cifar_folder(data_dir)
+    return folder
 
 
 def read_batch(path):
@@ -214,8 +229,19 @@ def denormalize(tensor, mean, std):
     return (tensor * std + mean).clamp(0, 1)
 
 
+class Draw(NamedTuple):
+    """One image drawn by EpochSampler: its index and the (seed, epoch) its augmentation is drawn from."""
+    index: int
+    seed: int
+    epoch: int
+
+
 class ImageArrayDataset(Dataset):
-    """uint8 NHWC images + labels, transformed one image at a time by an albumentations pipeline."""
+    """uint8 NHWC images + labels, transformed one image at a time by an albumentations pipeline.
+
+    Indexed by an int, the pipeline uses its own random state. Indexed by EpochSampler's Draws (a batch at a time,
+    through __getitems__), the batch's augmentation is seeded from its first Draw, so it no longer depends on which
+    DataLoader worker makes it, nor on the batches made before (albumentations 2 ignores the global seeds)."""
 
     def __init__(self, images, labels, transform):
         self.images, self.labels, self.transform = images, labels, transform
@@ -223,8 +249,36 @@ class ImageArrayDataset(Dataset):
     def __len__(self):
         return len(self.labels)
 
-    def __getitem__(self, index):
-        return self.transform(image=self.images[index])["image"], int(self.labels[index])
+    def __getitem__(self, key):
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys):
+        if isinstance(keys[0], Draw):
+            rng = np.random.default_rng([keys[0].seed, keys[0].epoch, keys[0].index])
+            self.transform.set_random_state(rng, random.Random(int(rng.integers(2 ** 63))))
+            keys = [key.index for key in keys]
+        return [(self.transform(image=self.images[i])["image"], int(self.labels[i])) for i in keys]
+
+
+class EpochSampler(Sampler):
+    """Shuffles with a permutation drawn from (seed, epoch), not from a running random state, and hands out Draws.
+
+    Any epoch can thus be replayed exactly, after a resume (Lightning calls set_epoch) and with any number of
+    workers. Without set_epoch calls (a plain loop) every pass still counts as the next epoch."""
+
+    def __init__(self, size, seed, epoch=0):
+        self.size, self.seed, self.epoch = size, seed, epoch
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.size
+
+    def __iter__(self):
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.size)
+        return iter([Draw(int(i), self.seed, epoch) for i in order])
 
 
 # ------------------------------------------------------------------------------------------------------ DataModule
@@ -266,6 +320,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.classes = CLASSES
         self.train_set = None
+        self.resume_epoch = 0  # set from a checkpoint by load_state_dict
 
     def prepare_data(self):
         if not self.hparams.synthetic:
@@ -297,9 +352,22 @@ class CIFAR10DataModule(pl.LightningDataModule):
         self.test_set = ImageArrayDataset(self.test_images, self.test_labels, eval_transforms(self.mean, self.std))
 
     def _loader(self, dataset, shuffle):
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle,
+        epoch = max(self.resume_epoch, self._next_epoch())
+        sampler = EpochSampler(len(dataset), self.hparams.seed, epoch) if shuffle else None
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           pin_memory=torch.cuda.is_available())
+
+    def _next_epoch(self):
+        return self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
+
+    # A resumed session's first training iterator, whose workers draw ahead, is made before Lightning restores its
+    # epoch count and calls set_epoch (OneCycle's step count needs the loader first), so the checkpoint says it.
+    def state_dict(self):
+        return {"next_epoch": self._next_epoch()}
+
+    def load_state_dict(self, state_dict):
+        self.resume_epoch = state_dict["next_epoch"]
 
     def train_dataloader(self):
         return self._loader(self.train_set, shuffle=True)

@@ -10,7 +10,7 @@ import csv
 import inspect
 import io
 import sys
-import time
+import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -19,6 +19,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, Mo
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 import analysis
+import checkpointing
 import plots
 from data import CIFAR10DataModule
 from lit_classifier import OPTIMIZERS, LitClassifier
@@ -27,6 +28,8 @@ from model import MODELS, count_parameters
 from utils import UsageError, atomic_savefig, atomic_write_json, atomic_write_text, describe_device
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
+# last.ckpt lives in the run folder beside the logs, so the folder is never empty: nothing to warn about.
+warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
 # Trainer arguments this script sets itself; every other one is a pass-through flag.
 OWN_TRAINER_ARGS = {"self", "max_epochs", "logger", "callbacks", "default_root_dir", "enable_checkpointing"}
 
@@ -56,6 +59,12 @@ class EpochMetricsCSV(pl.Callback):
             writer.writerows(self.rows)
             atomic_write_text(self.path, text.getvalue())
 
+    def state_dict(self):  # saved in every checkpoint, so a resumed run appends to the rows instead of restarting
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict):
+        self.rows = list(state_dict["rows"])
+
 
 def trainer_value(text):
     """Command-line text -> the Python value a Trainer argument expects (bool, None, int, float or str)."""
@@ -84,7 +93,9 @@ def build_parser():
     parser.add_argument("--test-size", type=int, help="class-balanced subset of the test split")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr-find", action="store_true", help="set the OneCycle peak LR from an LR range test")
-    parser.add_argument("--out", required=True, help="run folder for checkpoints, metrics, summary and plots")
+    parser.add_argument("--out", help="run folder for checkpoints, metrics, summary and plots (required)")
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue the run in RUN_DIR from its last.ckpt, with the settings it started with")
     recipe = parser.add_argument_group("recipe")
     recipe.add_argument("--optimizer", default="sgd", help=f"one of: {', '.join(OPTIMIZERS)}")
     recipe.add_argument("--lr", type=float, default=0.4, help="OneCycle peak learning rate")
@@ -108,11 +119,17 @@ def build_parser():
 
 def parse_args(argv=None):
     """-> (script options, dict of Trainer keyword arguments given on the command line)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     trainer_kwargs = {k.split(".", 1)[1]: v for k, v in vars(args).items() if k.startswith("trainer.")}
     for key in list(vars(args)):
         if key.startswith("trainer."):
             delattr(args, key)
+    if args.resume:
+        explicit = checkpointing.explicit_options(build_parser(), argv)
+        return checkpointing.resume_settings(args, trainer_kwargs, explicit)
+    if args.out is None:
+        parser.error("the following arguments are required: --out (or --resume RUN_DIR)")
     return args, trainer_kwargs
 
 
@@ -121,22 +138,32 @@ def check_args(args):
         raise UsageError(f"unknown model {args.model!r}: choose one of {', '.join(MODELS)}")
     if args.epochs < 1:
         raise UsageError(f"--epochs must be at least 1, got {args.epochs}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be 0 or more, got {args.seed}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")
 
 
-def make_trainer(args, trainer_kwargs, out, metrics_csv):
+def make_trainer(args, trainer_kwargs, out, metrics_csv, run_record):
     callbacks = [
         ModelSummary(max_depth=2),
-        ModelCheckpoint(dirpath=out, save_last=True, save_top_k=0),
+        # last.ckpt after every epoch (without a monitor, top-1 is the latest epoch; save_last alone would only save
+        # at the end), overwritten in place by a resumed run (no last-v1.ckpt), atomically (AtomicCheckpointIO)
+        ModelCheckpoint(dirpath=out, filename=Path(checkpointing.CHECKPOINT).stem, enable_version_counter=False),
         LearningRateMonitor(logging_interval="step"),
+        checkpointing.StopOnNonFinite(out),
         metrics_csv,
+        run_record,
+        checkpointing.SeedEachEpoch(args.seed),
     ]
     loggers = [CSVLogger(out, name="logs"), TensorBoardLogger(out, name="tensorboard")]
+    trainer_kwargs = dict(trainer_kwargs)
+    plugins = trainer_kwargs.pop("plugins", None)
+    plugins = [checkpointing.AtomicCheckpointIO()] + ([] if plugins is None else [plugins])
     try:
         return pl.Trainer(max_epochs=args.epochs, default_root_dir=out, logger=loggers, callbacks=callbacks,
-                          **trainer_kwargs)
+                          plugins=plugins, **trainer_kwargs)
     except (ValueError, TypeError, RuntimeError) as error:  # includes Lightning's MisconfigurationException
         raise UsageError(f"Lightning refused the Trainer flags {trainer_kwargs}: {error}") from None
 
@@ -156,7 +183,11 @@ def run(args, trainer_kwargs):
     lit = LitClassifier(args.model, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
                         weight_decay=args.weight_decay, pct_start=args.pct_start,
                         label_smoothing=args.label_smoothing, logit_scale=args.logit_scale)
-    if args.lr_find:
+    resume_from = None
+    if args.resume:  # settings, the found LR included, are the stored run's (see checkpointing.resume_settings)
+        resume_from, _ = checkpointing.stored_settings(out)
+        checkpointing.remove_stale_temporary_files(out)
+    elif args.lr_find:
         suggested_lr, figure = find_lr(lit.model, datamodule.train_dataloader(), optimizer=args.optimizer,
                                        weight_decay=args.weight_decay, momentum=args.momentum)
         atomic_savefig(figure, out / "lr_finder.png")
@@ -166,11 +197,12 @@ def run(args, trainer_kwargs):
         print(f"LR range test suggests a OneCycle peak of {suggested_lr:.3g}")
         lit.hparams.lr = suggested_lr
 
+    settings = {**vars(args), "lr": lit.hparams.lr, "trainer": trainer_kwargs}
     metrics_csv = EpochMetricsCSV(out / "metrics.csv")
-    trainer = make_trainer(args, trainer_kwargs, out, metrics_csv)
-    start = time.perf_counter()
-    trainer.fit(lit, datamodule=datamodule)
-    train_seconds = time.perf_counter() - start
+    run_record = checkpointing.RunRecord(settings)
+    trainer = make_trainer(args, trainer_kwargs, out, metrics_csv, run_record)
+    trainer.fit(lit, datamodule=datamodule, ckpt_path=resume_from)
+    train_seconds = run_record.train_seconds()  # this session's and, after a resume, the earlier ones'
     test = trainer.test(lit, datamodule=datamodule, verbose=False)[0]  # current (final-epoch) weights, never "best"
     if not trainer.is_global_zero:
         return None
@@ -190,7 +222,8 @@ def run(args, trainer_kwargs):
         "device": describe_device(trainer.strategy.root_device),
         "seed": args.seed,
         "data": datamodule.source,
-        "settings": {**{k: v for k, v in vars(args).items()}, "lr": lit.hparams.lr, "trainer": trainer_kwargs},
+        "resumed_after_epochs": run_record.resumed_after_epochs,
+        "settings": settings,
         "versions": {"torch": torch.__version__, "pytorch_lightning": pl.__version__},
     }
     write_plots(lit, datamodule, metrics_csv.rows, out)
@@ -208,8 +241,8 @@ def write_plots(lit, datamodule, rows, out):
 
 
 def main(argv=None):
-    args, trainer_kwargs = parse_args(argv)
     try:
+        args, trainer_kwargs = parse_args(argv)
         summary = run(args, trainer_kwargs)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
