@@ -1,9 +1,12 @@
 """The LightningModule: any model of model.py trained with cross-entropy, SGD-Nesterov or Adam and OneCycleLR."""
+from pathlib import Path
+
 import pytorch_lightning as pl
 import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from checkpointing import read_checkpoint
 from model import build_model
 from utils import UsageError
 
@@ -62,15 +65,27 @@ class LitClassifier(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def load_classifier(path, map_location="cpu"):
-    """A LitClassifier from a checkpoint written by train.py, in eval mode, or a UsageError saying what is wrong."""
-    from pathlib import Path
+def load_classifier(path, map_location="cpu", expected_model=None):
+    """A LitClassifier from a checkpoint written by train.py, in eval mode, or a UsageError saying what is wrong.
+
+    `expected_model` (a name from model.MODELS) refuses a checkpoint of another architecture. The file is read
+    once, as plain tensors and containers (weights_only), which is also what makes the checks below possible."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"no checkpoint at {path}: train one with train.py (it writes RUN_DIR/last.ckpt)")
+    checkpoint = read_checkpoint(path)
+    hparams, weights = checkpoint.get("hyper_parameters"), checkpoint.get("state_dict")
+    if not isinstance(hparams, dict) or "model_name" not in hparams or not isinstance(weights, dict):
+        raise UsageError(f"{path} is not a checkpoint written by train.py (no LitClassifier hyper-parameters "
+                         "and weights in it)")
+    if expected_model is not None and hparams["model_name"] != expected_model:
+        raise UsageError(f"{path} holds a {hparams['model_name']} model, not a {expected_model}: choose a checkpoint "
+                         f"of a {expected_model} run, or load it as {hparams['model_name']}")
     try:
-        lit = LitClassifier.load_from_checkpoint(path, map_location=map_location)
-    except Exception as error:  # truncated file, foreign checkpoint, wrong architecture: all end up here
-        raise UsageError(f"{path} is not a usable checkpoint of this project ({type(error).__name__}: {error})") \
-            from None
-    return lit.eval()
+        lit = LitClassifier(**hparams)
+        lit.load_state_dict(weights)
+    except (TypeError, RuntimeError, KeyError) as error:  # foreign hyper-parameters, weights of another shape
+        first_line = str(error).strip().splitlines()[0][:300]
+        raise UsageError(f"{path} does not fit a {hparams['model_name']} of this project "
+                         f"({type(error).__name__}: {first_line})") from None
+    return lit.to(map_location).eval()
