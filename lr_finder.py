@@ -1,5 +1,6 @@
 """LR range test (Leslie Smith) with torch-lr-finder: the suggested LR becomes the OneCycle peak."""
 import copy
+import math
 
 import matplotlib
 
@@ -9,12 +10,18 @@ import torch
 from torch import nn
 from torch_lr_finder import LRFinder
 
+from utils import UsageError
+
+SKIP_START, SKIP_END = 10, 5  # torch-lr-finder's defaults: the first steps are noise, the last ones the blow-up
+
 
 def find_lr(model, train_loader, optimizer="sgd", weight_decay=5e-4, momentum=0.9, start_lr=1e-5, end_lr=10.0,
             num_iter=100, device=None):
     """Run the range test on a copy of `model` (the model itself is left untouched).
 
     Returns (suggested_lr, figure): the LR at the steepest descent of the smoothed loss, and loss-vs-LR with it marked.
+    Steps after the loss became NaN/inf are dropped first (torch-lr-finder stops on inf but runs on through NaN and
+    would then point at the blow-up); a UsageError says so when too few finite steps are left to suggest anything.
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = copy.deepcopy(model)
@@ -25,7 +32,17 @@ def find_lr(model, train_loader, optimizer="sgd", weight_decay=5e-4, momentum=0.
         opt = torch.optim.Adam(model.parameters(), lr=start_lr, weight_decay=weight_decay)
     finder = LRFinder(model, opt, nn.CrossEntropyLoss(), device=device)
     finder.range_test(train_loader, end_lr=end_lr, num_iter=num_iter, step_mode="exp")
+    lrs, losses = finder.history["lr"], finder.history["loss"]
+    finite = next((i for i, loss in enumerate(losses) if not math.isfinite(loss)), len(losses))
+    diverged = f"the loss became {losses[finite]} at lr {lrs[finite]:.2e}" if finite < len(losses) else ""
+    if finite < SKIP_START + SKIP_END + 2:  # torch-lr-finder's own stop (loss > 5x its best) can also come this early
+        why = diverged or f"the loss rose past 5 times its best at lr {lrs[-1]:.2e}"
+        raise UsageError(f"the LR range test diverged after {finite} of {num_iter} steps ({why}), too few to "
+                         f"suggest a peak LR: set --lr yourself (below {lrs[min(finite, len(lrs) - 1)]:.2e}) "
+                         "instead of using --lr-find, or start the test at a lower LR")
+    finder.history = {"lr": lrs[:finite], "loss": losses[:finite]}
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax, suggested_lr = finder.plot(ax=ax, suggest_lr=True)
-    ax.set_title(f"LR range test: suggested peak {suggested_lr:.2e}" if suggested_lr else "LR range test")
+    ax, suggested_lr = finder.plot(ax=ax, skip_start=SKIP_START, skip_end=SKIP_END, suggest_lr=True)
+    title = f"LR range test: suggested peak {suggested_lr:.2e}" if suggested_lr else "LR range test"
+    ax.set_title(f"{title}\n({diverged}; later steps dropped)" if diverged else title)
     return suggested_lr, fig
