@@ -1,0 +1,132 @@
+"""Bad data never costs work: a cut or corrupt download is caught by its MD5 and fetched again, a half-present
+folder is named file by file, a stale mean/std cache is recomputed. The downloads come from a local HTTP server."""
+import hashlib
+import json
+import pickle
+import tarfile
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import data
+import train
+from data import FOLDER, CIFAR10DataModule, channel_stats, download_cifar10, make_synthetic, write_cifar_folder
+from utils import UsageError
+
+OFFLINE = "http://127.0.0.1:9/cifar-10-python.tar.gz"  # the discard port: connection refused at once
+
+
+class CountingHandler(SimpleHTTPRequestHandler):
+    """Counts requests (torchvision opens the URL once to follow redirects, then again to download)."""
+
+    def do_GET(self):
+        self.server.requests += 1
+        try:
+            super().do_GET()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the redirect probe hanging up
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory):
+    """A CIFAR-10 mirror on 127.0.0.1: a small archive in the official layout, its MD5, a request counter."""
+    root = tmp_path_factory.mktemp("mirror")
+    write_cifar_folder(root / "src", *make_synthetic(60, seed=1), *make_synthetic(20, seed=2))
+    archive = root / "site" / "cifar-10-python.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root / "src" / FOLDER, arcname=FOLDER)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(CountingHandler, directory=str(archive.parent)))
+    server.requests = 0
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield SimpleNamespace(server=server, archive=archive, md5=hashlib.md5(archive.read_bytes()).hexdigest(),
+                          url=f"http://127.0.0.1:{server.server_port}/{archive.name}")
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+def requests_during(mirror, call):
+    before = mirror.server.requests
+    call()
+    return mirror.server.requests - before
+
+
+def test_cut_download_fails_its_checksum_and_is_fetched_again(mirror, tmp_path):
+    complete = mirror.archive.read_bytes()
+    (tmp_path / mirror.archive.name).write_bytes(complete[: len(complete) // 2])  # a download cut half way
+    assert requests_during(mirror, lambda: download_cifar10(tmp_path, url=mirror.url, md5=mirror.md5)) > 0
+    assert (tmp_path / mirror.archive.name).read_bytes() == complete
+    assert len(data.load_cifar10(tmp_path)["train_labels"]) == 60
+
+
+def test_half_unpacked_folder_is_restored_from_the_verified_archive(mirror, tmp_path):
+    download_cifar10(tmp_path, url=mirror.url, md5=mirror.md5)
+    (tmp_path / FOLDER / "data_batch_5").unlink()
+    (tmp_path / FOLDER / "test_batch").unlink()
+    assert requests_during(mirror, lambda: download_cifar10(tmp_path, url=mirror.url, md5=mirror.md5)) == 0
+    assert len(data.load_cifar10(tmp_path)["test_labels"]) == 20
+
+
+def test_corrupt_download_is_deleted_and_reported(mirror, tmp_path):
+    with pytest.raises(UsageError, match=r"is corrupt \(its MD5 checksum is not 0{32}\).*--data-dir.*--synthetic"):
+        download_cifar10(tmp_path, url=mirror.url, md5="0" * 32)
+    assert not (tmp_path / mirror.archive.name).exists()  # not kept to be trusted (or to fill the disk) next time
+
+
+def test_half_present_folder_offline_names_the_missing_files(cifar_dir, tmp_path, capsys, monkeypatch):
+    folder = tmp_path / FOLDER
+    folder.mkdir()
+    for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_5"):
+        (folder / name).write_bytes((cifar_dir / FOLDER / name).read_bytes())
+    monkeypatch.setattr(data, "CIFAR_URL", OFFLINE)
+    assert train.main(["--data-dir", str(tmp_path), "--out", str(tmp_path / "run"), "--num-workers", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"error: {folder} lacks data_batch_4, test_batch and could not be downloaded" in err
+    assert "--data-dir" in err and "--synthetic" in err
+
+
+def test_offline_without_data_is_one_message_naming_both_ways_out(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(data, "CIFAR_URL", OFFLINE)
+    assert train.main(["--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: CIFAR-10 is not in")
+    assert "--data-dir" in err and "--synthetic" in err and "Traceback" not in err
+
+
+def test_labels_outside_the_classes_are_named(tmp_path):
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 10]}))
+    with pytest.raises(UsageError, match=f"{path} has labels outside 0..9"):
+        data.read_batch(path)
+
+
+@pytest.mark.parametrize("damage", [
+    lambda text: text.replace('"mean"', '"average"'),  # a cache from another version
+    lambda text: text[: len(text) // 2],  # truncated
+])
+def test_stale_or_broken_stats_cache_is_recomputed(tmp_path, damage):
+    def stats_of(images, labels):
+        write_cifar_folder(tmp_path, images, labels, *make_synthetic(20, seed=2))
+        datamodule = CIFAR10DataModule(tmp_path, num_workers=0)
+        datamodule.setup("fit")
+        return datamodule.mean
+
+    first = make_synthetic(60, seed=1)
+    assert stats_of(*first) == pytest.approx(channel_stats(first[0])[0])
+    other = make_synthetic(60, seed=7)  # the folder's data change under the cache
+    assert stats_of(*other) == pytest.approx(channel_stats(other[0])[0])
+    cache = tmp_path / FOLDER / data.STATS_FILE
+    assert json.loads(cache.read_text())["mean"] == pytest.approx(channel_stats(other[0])[0])
+    cache.write_text(damage(cache.read_text()))
+    assert stats_of(*other) == pytest.approx(channel_stats(other[0])[0])
+    assert json.loads(cache.read_text())["mean"] == pytest.approx(channel_stats(other[0])[0])

@@ -1,0 +1,165 @@
+"""Runs that crash: a SIGKILLed run resumed with --resume ends exactly like the uninterrupted one; same seed, same
+metrics; resumed settings cannot drift; a NaN loss stops the run and leaves the last good checkpoint alone."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train
+from lit_classifier import LitClassifier
+from tests.conftest import ROOT
+
+# Small enough to train in seconds on two cores, large enough to learn (4 steps per epoch, 3 epochs).
+RUN = ["--synthetic", "--train-size", "100", "--test-size", "50", "--epochs", "3", "--batch-size", "25",
+       "--lr", "0.05", "--seed", "5", "--enable-progress-bar", "false"]
+
+
+def train_cli(*argv):
+    return subprocess.run([sys.executable, "train.py", *argv], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def metric_rows(run_dir):
+    return (run_dir / "metrics.csv").read_text().splitlines()[1:]
+
+
+def summary(run_dir):
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def error_lines(text):
+    return [line for line in text.splitlines() if line.startswith("error:")]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run every other run here is compared with."""
+    out = tmp_path_factory.mktemp("reference")
+    result = train_cli(*RUN, "--num-workers", "0", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = metric_rows(out)
+    assert len(rows) == 3 and float(rows[-1].split(",")[4]) > 0.5  # it learned: equal results are not all-chance
+    return out
+
+
+def test_same_seed_and_settings_give_identical_metrics(reference, tmp_path):
+    result = train_cli(*RUN, "--num-workers", "0", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
+    assert summary(tmp_path)["test_acc"] == summary(reference)["test_acc"]
+    assert summary(tmp_path)["test_loss"] == summary(reference)["test_loss"]
+
+
+def test_seed_and_settings_are_stored_in_summary_and_checkpoint(reference):
+    stored = summary(reference)["settings"]
+    checkpoint = torch.load(reference / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["callbacks"]["RunRecord"]["settings"] == stored
+    assert (stored["seed"], stored["lr"], stored["batch_size"], stored["epochs"]) == (5, 0.05, 25, 3)
+    assert stored["trainer"] == {"enable_progress_bar": False}
+    assert checkpoint["hyper_parameters"]["lr"] == 0.05 and checkpoint["datamodule_hyper_parameters"]["seed"] == 5
+
+
+def test_sigkilled_run_resumes_to_the_same_result(reference, tmp_path):
+    """Killed in epoch 2 with two DataLoader workers; resumed; every metric of every epoch equals the reference's."""
+    out = tmp_path / "killed"
+    with open(tmp_path / "killed.log", "w") as log:
+        process = subprocess.Popen([sys.executable, "train.py", *RUN, "--num-workers", "2", "--out", str(out)],
+                                   cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        started = time.monotonic()
+        while not (out / "last.ckpt").exists():  # appears whole (atomic rename) once epoch 1 has ended
+            assert process.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+            assert time.monotonic() - started < 600
+            time.sleep(0.01)
+        time.sleep(0.5)  # into epoch 2
+        os.kill(process.pid, signal.SIGKILL)
+        assert process.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # DataLoader workers the kill orphaned, if any are left
+        except ProcessLookupError:
+            pass
+        process.wait()
+    saved_epochs = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)["epoch"] + 1
+    assert saved_epochs < 3 and not (out / "summary.json").exists()  # really killed before the end
+
+    result = train_cli("--resume", str(out), "--num-workers", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert metric_rows(out) == metric_rows(reference)  # rows appended to the killed run's, never restarted
+    assert summary(out)["test_acc"] == summary(reference)["test_acc"]
+    assert summary(out)["test_loss"] == summary(reference)["test_loss"]
+    assert summary(out)["resumed_after_epochs"] == [saved_epochs]
+    assert not list(out.glob("last*.ckpt"))[1:]  # still one last.ckpt, no last-v1.ckpt
+
+
+def test_resume_takes_the_stored_settings(reference):
+    args, trainer_kwargs = train.parse_args(["--resume", str(reference)])
+    assert (args.epochs, args.batch_size, args.lr, args.seed, args.train_size, args.synthetic) == (3, 25, 0.05, 5, 100,
+                                                                                                   True)
+    assert args.out == str(reference) and trainer_kwargs == {"enable_progress_bar": False}
+    # where the data is and how it is read may change; options repeated with the stored value are fine
+    args, trainer_kwargs = train.parse_args(["--resume", str(reference), "--num-workers", "1", "--data-dir", "moved",
+                                             "--lr", "0.05", "--enable-progress-bar", "true"])
+    assert (args.num_workers, args.data_dir, args.lr) == (1, "moved", 0.05)
+    assert trainer_kwargs == {"enable_progress_bar": True}
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--lr", "0.1"], r"--lr 0.1 \(the run has 0.05\)"),
+    (["--epochs", "5", "--seed", "1"], r"--epochs 5 \(the run has 3\); --seed 1 \(the run has 5\)"),
+    (["--max-steps", "3"], r"--max-steps 3 \(the run has \(not set\)\)"),
+    (["--out", "{elsewhere}"], "a resumed run writes into its own folder"),
+])
+def test_resume_refuses_options_that_change_the_run(reference, extra, message, tmp_path, capsys):
+    extra = [a.replace("{elsewhere}", str(tmp_path)) for a in extra]
+    assert train.main(["--resume", str(reference), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: --resume {reference} continues the run")
+    assert __import__("re").search(message, err), err
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last.ckpt.bak").write_text("not this one")
+    assert train.main(["--resume", str(tmp_path / "run")]) == 2
+    assert "there is no last.ckpt to resume from" in capsys.readouterr().err
+    assert train.main(["--resume", str(tmp_path / "nowhere")]) == 2
+    assert "there is no such run folder" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    original = LitClassifier.training_step
+
+    def poisoned(self, batch, batch_idx):  # epoch 2's second batch yields NaN, whose step makes every weight NaN
+        loss = original(self, batch, batch_idx)
+        return loss * float("nan") if self.current_epoch == 1 and batch_idx == 1 else loss
+
+    monkeypatch.setattr(LitClassifier, "training_step", poisoned)
+    out = tmp_path / "nan"
+    argv = ["--synthetic", "--train-size", "50", "--test-size", "20", "--epochs", "3", "--batch-size", "10",
+            "--lr", "0.05", "--num-workers", "0", "--enable-progress-bar", "false", "--log-every-n-steps", "1",
+            "--out", str(out)]
+    assert train.main(argv) == 2
+    errors = error_lines(capsys.readouterr().err)
+    assert len(errors) == 1, errors
+    assert "training diverged: the training loss became nan in epoch 2, step 7" in errors[0]
+    assert f"{out / 'last.ckpt'} still holds epoch 1" in errors[0] and "--lr" in errors[0]
+    checkpoint = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["epoch"] == 0  # epoch 1's, not overwritten by the NaN weights
+    assert all(torch.isfinite(w).all() for w in checkpoint["state_dict"].values() if w.is_floating_point())
+    assert len(metric_rows(out)) == 1 and not (out / "summary.json").exists()
+
+
+def test_diverging_cli_run_exits_with_one_error_line(tmp_path):
+    out = tmp_path / "huge_lr"
+    result = train_cli("--synthetic", "--train-size", "50", "--test-size", "20", "--epochs", "1", "--batch-size", "10",
+                       "--lr", "1e12", "--num-workers", "0", "--enable-progress-bar", "false", "--out", str(out))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1 and errors[0] == result.stderr.strip().splitlines()[-1]
+    assert "training diverged" in errors[0] and "no checkpoint was written" in errors[0]
+    assert not (out / "last.ckpt").exists()
