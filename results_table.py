@@ -96,7 +96,8 @@ def run_rows(records):
             "device": first["device"], "data": data, "setup": setup, "torch": first["torch"],
             "seeds": len(runs),
             "test_acc": mean_sd([r["test_acc"] for r in runs], 100),
-            "test_acc_tta": mean_sd(tta, 100) if len(tta) == len(runs) else "",
+            "test_acc_tta": (mean_sd(tta, 100) + ("" if first.get("tta", "mirror") == "mirror" else
+                                                  f" ({first['tta']})")) if len(tta) == len(runs) else "",
             "wall_seconds": mean_sd([r["wall_seconds"] for r in runs], digits=1),
         })
     return sorted(rows, key=lambda r: (r["device"], r["data"], r["model"], r["recipe"], float(r["epochs"])))
@@ -109,7 +110,7 @@ def markdown(columns, rows):
 
 
 RUN_COLUMNS = (("recipe", "recipe"), ("model", "model"), ("epochs", "epochs"), ("seeds", "seeds"),
-               ("test_acc", "test acc. %"), ("test_acc_tta", "flip-TTA acc. %"), ("wall_seconds", "wall s"),
+               ("test_acc", "test acc. %"), ("test_acc_tta", "TTA acc. % (mirror unless noted)"), ("wall_seconds", "wall s"),
                ("device", "device"), ("data", "data"), ("setup", "data path, precision"), ("torch", "torch"))
 THROUGHPUT_COLUMNS = (("device", "device"), ("model", "model"), ("batch_size", "batch"),
                       ("data_path", "data path"), ("precision", "precision"), ("pipeline", "pipeline images/s"),
@@ -118,8 +119,9 @@ THROUGHPUT_COLUMNS = (("device", "device"), ("model", "model"), ("batch_size", "
 
 def tables(found):
     """The markdown that goes between the README markers."""
-    parts = ["Time to accuracy: test accuracy of the final epoch (mean ± standard deviation over seeds), wall "
-             "seconds of the whole run including data loading and testing."]
+    parts = ["Time to accuracy: test accuracy after the last epoch, without and with test-time augmentation "
+             "(mean ± standard deviation over seeds); wall seconds of the whole run, data loading and testing "
+             "included."]
     runs = run_rows(found[RUN])
     parts.append(markdown(RUN_COLUMNS, runs) if runs else
                  "No runs recorded yet: `scripts/gpu_runs.sh` makes them on a GPU.")

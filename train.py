@@ -144,13 +144,15 @@ def on_cuda(trainer_kwargs):
 
 
 def fast_path_defaults(args, trainer_kwargs):
-    """On CUDA, unless told otherwise: the device-resident data path and mixed precision (bf16 where the GPU has it,
-    as dawn.py trained in fp16). Returns updated copies."""
+    """On CUDA, unless told otherwise: the device-resident data path, mixed precision (bf16 where the GPU has it,
+    as dawn.py trained in fp16) and cuDNN autotuning (the batch shape is fixed). Returns updated copies."""
     args, trainer_kwargs = argparse.Namespace(**vars(args)), dict(trainer_kwargs)
     if args.data_path == "auto":
         args.data_path = "device" if on_cuda(trainer_kwargs) else "loader"
-    if on_cuda(trainer_kwargs) and "precision" not in trainer_kwargs:
-        trainer_kwargs["precision"] = "bf16-mixed" if torch.cuda.get_device_capability()[0] >= 8 else "16-mixed"
+    if on_cuda(trainer_kwargs):
+        trainer_kwargs.setdefault("precision",
+                                  "bf16-mixed" if torch.cuda.get_device_capability()[0] >= 8 else "16-mixed")
+        trainer_kwargs.setdefault("benchmark", True)
     return args, trainer_kwargs
 
 

@@ -29,13 +29,17 @@ def results_dir(tmp_path):
     for seed, (acc, tta, wall) in enumerate([(0.94, 0.945, 20.0), (0.95, 0.955, 22.0), (0.96, 0.965, 24.0)]):
         results_table.write_record(folder, run_record(seed, acc, tta, wall))
     results_table.write_record(folder, run_record(0, 0.9, None, 30.0, recipe="course"))
+    results_table.write_record(folder, {**run_record(1, 0.93, 0.94, 4.0, recipe="airbench94"),
+                                        "tta": "mirror+translate"})
     (folder / "bench_cpu_test.json").write_text(json.dumps(BENCH))
     return folder
 
 
 def test_one_row_per_setting_with_mean_and_spread_over_seeds(results_dir):
     rows = results_table.run_rows(results_table.load_records(results_dir)["time_to_accuracy"])
-    assert [(r["recipe"], r["seeds"]) for r in rows] == [("course", 1), ("dawn", 3)]
+    assert [(r["recipe"], r["seeds"]) for r in rows] == [("airbench94", 1), ("course", 1), ("dawn", 3)]
+    assert rows[0]["test_acc_tta"] == "94.00 (mirror+translate)"
+    rows = rows[1:]
     dawn = rows[1]
     assert dawn["test_acc"] == "95.00 ± 1.00" and dawn["test_acc_tta"] == "95.50 ± 1.00"
     assert dawn["wall_seconds"] == "22.0 ± 2.0"
@@ -63,7 +67,7 @@ def test_no_runs_yet_says_so(tmp_path):
 def test_rerunning_a_setting_and_seed_replaces_its_file(results_dir):
     results_table.write_record(results_dir, run_record(0, 0.97, 0.97, 20.0))
     rows = results_table.run_rows(results_table.load_records(results_dir)["time_to_accuracy"])
-    assert rows[1]["seeds"] == 3 and rows[1]["test_acc"] == "96.00 ± 1.00"
+    assert rows[2]["seeds"] == 3 and rows[2]["test_acc"] == "96.00 ± 1.00"
 
 
 def test_bad_files_and_missing_markers_are_clear_errors(results_dir, tmp_path, capsys):
