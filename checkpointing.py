@@ -190,7 +190,8 @@ def resume_settings(args, trainer_kwargs, explicit):
     if conflicts:
         raise UsageError(f"--resume {run_dir} continues the run with the settings it started with, and these options "
                          f"differ: {'; '.join(conflicts)}. Leave them out, or start a new run in another --out folder")
-    merged = {name: settings.get(name, value) for name, value in vars(args).items()}
+    # Every stored setting, also those the command line left to the recipe (absent from `args`).
+    merged = {**vars(args), **{name: value for name, value in settings.items() if name != "trainer"}}
     merged.update({name: getattr(args, name) for name in explicit & FREE_ON_RESUME if hasattr(args, name)})
     merged.update(out=str(run_dir), resume=str(run_dir))
     trainer = dict(stored_trainer)

@@ -20,6 +20,7 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from gpu_data import DeviceBatches
 from utils import UsageError, atomic_write_json
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -29,6 +30,7 @@ FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILES = ("test_batch",)
 STATS_FILE = "channel_stats.json"
+DATA_PATHS = ("loader", "device")  # albumentations in DataLoader workers, or gpu_data.DeviceBatches on the device
 
 
 # ---------------------------------------------------------------------------------------------------- the real data
@@ -306,11 +308,17 @@ def default_num_workers():
 
 
 class CIFAR10DataModule(pl.LightningDataModule):
-    """CIFAR-10 (or the synthetic stand-in) with albumentations augmentation; the test split doubles as validation."""
+    """CIFAR-10 (or the synthetic stand-in) with albumentations augmentation; the test split doubles as validation.
+
+    `data_path="device"` serves the same augmentations from the whole data set held on the training device
+    (gpu_data.DeviceBatches) instead of DataLoader workers.
+    """
 
     def __init__(self, data_dir="data", batch_size=512, synthetic=False, train_size=None, test_size=None,
-                 seed=0, cutout=8, num_workers=None):
+                 seed=0, cutout=8, num_workers=None, data_path="loader"):
         super().__init__()
+        if data_path not in DATA_PATHS:
+            raise UsageError(f"unknown data path {data_path!r}: choose one of {', '.join(DATA_PATHS)}")
         if batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
         for name, size in (("--train-size", train_size), ("--test-size", test_size)):
@@ -353,6 +361,8 @@ class CIFAR10DataModule(pl.LightningDataModule):
 
     def _loader(self, dataset, shuffle):
         epoch = max(self.resume_epoch, self._next_epoch())
+        if self.hparams.data_path == "device":
+            return self._device_batches(dataset, train=shuffle, epoch=epoch)  # shuffled = augmented
         sampler = EpochSampler(len(dataset), self.hparams.seed, epoch) if shuffle else None
         return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
@@ -368,6 +378,18 @@ class CIFAR10DataModule(pl.LightningDataModule):
 
     def load_state_dict(self, state_dict):
         self.resume_epoch = state_dict["next_epoch"]
+
+    def _device_batches(self, dataset, train, epoch):
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            raise UsageError("--data-path device keeps the data set on one device; use --data-path loader to train "
+                             f"on {trainer.world_size} devices")
+        # Outside a Trainer (the LR range test) the batches go where find_lr puts the model.
+        device = trainer.strategy.root_device if trainer is not None else ("cuda" if torch.cuda.is_available()
+                                                                             else "cpu")
+        hp = self.hparams
+        return DeviceBatches(dataset.images, dataset.labels, self.mean, self.std, hp.batch_size, device=device,
+                             train=train, cutout=hp.cutout, seed=hp.seed, epoch=epoch)
 
     def train_dataloader(self):
         return self._loader(self.train_set, shuffle=True)

@@ -8,7 +8,8 @@ matplotlib.use("Agg")  # no display needed; notebooks still show the returned fi
 import matplotlib.pyplot as plt
 import torch
 from torch import nn
-from torch_lr_finder import LRFinder
+from torch.utils.data import DataLoader
+from torch_lr_finder import LRFinder, TrainDataLoaderIter
 
 from utils import UsageError
 
@@ -31,6 +32,8 @@ def find_lr(model, train_loader, optimizer="sgd", weight_decay=5e-4, momentum=0.
     else:
         opt = torch.optim.Adam(model.parameters(), lr=start_lr, weight_decay=weight_decay)
     finder = LRFinder(model, opt, nn.CrossEntropyLoss(), device=device)
+    if not isinstance(train_loader, DataLoader):  # torch-lr-finder takes other iterables (DeviceBatches) wrapped
+        train_loader = TrainDataLoaderIter(train_loader)
     finder.range_test(train_loader, end_lr=end_lr, num_iter=num_iter, step_mode="exp")
     lrs, losses = finder.history["lr"], finder.history["loss"]
     finite = next((i for i, loss in enumerate(losses) if not math.isfinite(loss)), len(losses))

@@ -2,6 +2,9 @@
 
     python train.py --model custom_resnet --epochs 24 --batch-size 512 --data-dir data --out runs/resnet9
 
+The hyperparameters come from a recipe (recipes.py: dawn, the default for the ResNet-9; course; resnet18); any
+recipe flag given explicitly overrides that one value.
+
 Any Lightning Trainer argument passes through (--accelerator, --devices, --strategy, --precision, ...).
 The run folder gets summary.json, metrics.csv, last.ckpt, curves.png, misclassified.png (+ lr_finder.png, logs/).
 """
@@ -10,21 +13,24 @@ import csv
 import inspect
 import io
 import sys
+import time
 import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ModelSummary
+from pytorch_lightning.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint, ModelSummary
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 import analysis
 import checkpointing
 import plots
+import recipes
+import results_table
 from data import CIFAR10DataModule
 from lit_classifier import OPTIMIZERS, LitClassifier
 from lr_finder import find_lr
-from model import MODELS, count_parameters
+from model import MODELS, build_model, count_parameters
 from utils import UsageError, atomic_savefig, atomic_write_json, atomic_write_text, describe_device
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
@@ -84,29 +90,47 @@ def trainer_value(text):
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", default="custom_resnet", help=f"one of: {', '.join(MODELS)}")
-    parser.add_argument("--epochs", type=int, default=24)
-    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--recipe", help=f"one of: {', '.join(recipes.RECIPES)} (default: the model's own, see "
+                        "recipes.py); explicit flags below override its values")
+    # Recipe values default to SUPPRESS: left out of the namespace, recipes.resolve fills them in.
+    from_recipe = dict(default=argparse.SUPPRESS)
+    parser.add_argument("--model", help=f"one of: {', '.join(MODELS)} (default: custom_resnet)", **from_recipe)
+    parser.add_argument("--epochs", type=int, help="(recipe)", **from_recipe)
+    parser.add_argument("--batch-size", type=int, help="(recipe)", **from_recipe)
     parser.add_argument("--data-dir", default="data", help="folder holding (or receiving) cifar-10-batches-py/")
     parser.add_argument("--synthetic", action="store_true", help="generated data: no download, no files")
     parser.add_argument("--train-size", type=int, help="class-balanced subset of the training split")
     parser.add_argument("--test-size", type=int, help="class-balanced subset of the test split")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lr-find", action="store_true", help="set the OneCycle peak LR from an LR range test")
+    parser.add_argument("--lr-find", action=argparse.BooleanOptionalAction, help="set the OneCycle peak LR from an "
+                        "LR range test (recipe)", **from_recipe)
     parser.add_argument("--out", help="run folder for checkpoints, metrics, summary and plots (required)")
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue the run in RUN_DIR from its last.ckpt, with the settings it started with")
-    recipe = parser.add_argument_group("recipe")
-    recipe.add_argument("--optimizer", default="sgd", help=f"one of: {', '.join(OPTIMIZERS)}")
-    recipe.add_argument("--lr", type=float, default=0.4, help="OneCycle peak learning rate")
-    recipe.add_argument("--momentum", type=float, default=0.9)
-    recipe.add_argument("--weight-decay", type=float, default=5e-4)
-    recipe.add_argument("--pct-start", type=float, default=0.25, help="share of the steps spent warming up")
-    recipe.add_argument("--label-smoothing", type=float, default=0.0)
-    recipe.add_argument("--logit-scale", type=float, default=0.125,
-                        help="multiplies the logits (Page's ResNet-9 recipe: 0.125; 1 for the plain network)")
-    recipe.add_argument("--cutout", type=int, default=8, help="cutout hole size in pixels (0: none)")
-    recipe.add_argument("--num-workers", type=int, help="DataLoader workers (default: one per spare core)")
+    parser.add_argument("--results-dir", help="also write a time-to-accuracy record there (see results_table.py)")
+    recipe = parser.add_argument_group("recipe values (default: from the recipe)")
+    recipe.add_argument("--optimizer", help=f"one of: {', '.join(OPTIMIZERS)}", **from_recipe)
+    recipe.add_argument("--lr", type=float, help="OneCycle peak learning rate", **from_recipe)
+    recipe.add_argument("--momentum", type=float, **from_recipe)
+    recipe.add_argument("--weight-decay", type=float, **from_recipe)
+    recipe.add_argument("--pct-start", type=float, help="share of the steps spent warming up", **from_recipe)
+    recipe.add_argument("--div-factor", type=float, help="OneCycle starts at lr / div-factor", **from_recipe)
+    recipe.add_argument("--final-div-factor", type=float, help="and ends at lr / div-factor / final-div-factor",
+                        **from_recipe)
+    recipe.add_argument("--label-smoothing", type=float, **from_recipe)
+    recipe.add_argument("--logit-scale", type=float, help="multiplies the logits (Page's ResNet-9 recipe: 0.125; 1 "
+                        "for the plain network)", **from_recipe)
+    recipe.add_argument("--cutout", type=int, help="cutout hole size in pixels (0: none)", **from_recipe)
+    recipe.add_argument("--ema", type=float, metavar="DECAY", help="evaluate, test and save an exponential moving "
+                        "average of the weights, updated every step (0: off)", **from_recipe)
+    recipe.add_argument("--tta", action=argparse.BooleanOptionalAction, help="also report test_acc_tta, the "
+                        "accuracy with flip test-time augmentation (test_acc stays single-view)", **from_recipe)
+    speed = parser.add_argument_group("speed (results do not depend on these)")
+    speed.add_argument("--data-path", choices=("auto", "loader", "device"), default="auto",
+                       help="loader: albumentations in DataLoader workers; device: the whole data set on the GPU, "
+                       "augmented there in batches (gpu_data.py); auto: device on CUDA, else loader")
+    speed.add_argument("--compile", action="store_true", help="torch.compile the network")
+    speed.add_argument("--num-workers", type=int, help="DataLoader workers (default: one per spare core)")
     group = parser.add_argument_group("Lightning Trainer flags (passed through to pl.Trainer)")
     for name, param in inspect.signature(pl.Trainer.__init__).parameters.items():
         if name in OWN_TRAINER_ARGS or param.kind is not inspect.Parameter.KEYWORD_ONLY:
@@ -133,6 +157,23 @@ def parse_args(argv=None):
     return args, trainer_kwargs
 
 
+def on_cuda(trainer_kwargs):
+    return torch.cuda.is_available() and str(trainer_kwargs.get("accelerator", "auto")) in ("auto", "gpu", "cuda")
+
+
+def fast_path_defaults(args, trainer_kwargs):
+    """On CUDA, unless told otherwise: the device-resident data path, mixed precision (bf16 where the GPU has it,
+    as dawn.py trained in fp16) and cuDNN autotuning (the batch shape is fixed). Returns updated copies."""
+    args, trainer_kwargs = argparse.Namespace(**vars(args)), dict(trainer_kwargs)
+    if args.data_path == "auto":
+        args.data_path = "device" if on_cuda(trainer_kwargs) else "loader"
+    if on_cuda(trainer_kwargs):
+        trainer_kwargs.setdefault("precision",
+                                  "bf16-mixed" if torch.cuda.get_device_capability()[0] >= 8 else "16-mixed")
+        trainer_kwargs.setdefault("benchmark", True)
+    return args, trainer_kwargs
+
+
 def check_args(args):
     if args.model not in MODELS:
         raise UsageError(f"unknown model {args.model!r}: choose one of {', '.join(MODELS)}")
@@ -143,6 +184,24 @@ def check_args(args):
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")
+
+
+def make_datamodule(args):
+    return CIFAR10DataModule(args.data_dir, args.batch_size, synthetic=args.synthetic, train_size=args.train_size,
+                             test_size=args.test_size, seed=args.seed, cutout=args.cutout,
+                             num_workers=args.num_workers, data_path=args.data_path)
+
+
+def make_classifier(args):
+    lit = LitClassifier(args.model, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
+                        weight_decay=args.weight_decay, pct_start=args.pct_start, div_factor=args.div_factor,
+                        final_div_factor=args.final_div_factor, label_smoothing=args.label_smoothing,
+                        logit_scale=args.logit_scale, tta=args.tta)
+    if args.data_path == "device":
+        lit.model.to(memory_format=torch.channels_last)  # as the device batches are: no layout changes in between
+    if args.compile:
+        lit.model.compile()  # in place, so checkpoints keep the plain model's parameter names
+    return lit
 
 
 def make_trainer(args, trainer_kwargs, out, metrics_csv, run_record):
@@ -157,6 +216,8 @@ def make_trainer(args, trainer_kwargs, out, metrics_csv, run_record):
         run_record,
         checkpointing.SeedEachEpoch(args.seed),
     ]
+    if args.ema:
+        callbacks.append(EMAWeightAveraging(decay=args.ema))  # validation, test and last.ckpt use the average
     loggers = [CSVLogger(out, name="logs"), TensorBoardLogger(out, name="tensorboard")]
     trainer_kwargs = dict(trainer_kwargs)
     plugins = trainer_kwargs.pop("plugins", None)
@@ -170,45 +231,47 @@ def make_trainer(args, trainer_kwargs, out, metrics_csv, run_record):
 
 def run(args, trainer_kwargs):
     """Train, test, and write the run folder; returns the summary dict."""
+    wall_start = time.perf_counter()  # wall clock of the whole run: data loading, LR test, training, testing
+    args = recipes.resolve(args)
+    args, trainer_kwargs = fast_path_defaults(args, trainer_kwargs)
     check_args(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(args.seed, workers=True)
 
-    datamodule = CIFAR10DataModule(args.data_dir, args.batch_size, synthetic=args.synthetic,
-                                   train_size=args.train_size, test_size=args.test_size, seed=args.seed,
-                                   cutout=args.cutout, num_workers=args.num_workers)
+    datamodule = make_datamodule(args)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    lit = LitClassifier(args.model, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
-                        weight_decay=args.weight_decay, pct_start=args.pct_start,
-                        label_smoothing=args.label_smoothing, logit_scale=args.logit_scale)
     resume_from = None
     if args.resume:  # settings, the found LR included, are the stored run's (see checkpointing.resume_settings)
         resume_from, _ = checkpointing.stored_settings(out)
         checkpointing.remove_stale_temporary_files(out)
     elif args.lr_find:
-        suggested_lr, figure = find_lr(lit.model, datamodule.train_dataloader(), optimizer=args.optimizer,
+        probe = build_model(args.model, logit_scale=args.logit_scale)
+        suggested_lr, figure = find_lr(probe, datamodule.train_dataloader(), optimizer=args.optimizer,
                                        weight_decay=args.weight_decay, momentum=args.momentum)
         atomic_savefig(figure, out / "lr_finder.png")
         if suggested_lr is None:
             raise UsageError("the LR range test found no clear descent to suggest a peak LR (see lr_finder.png); "
                              "run without --lr-find and set --lr")
         print(f"LR range test suggests a OneCycle peak of {suggested_lr:.3g}")
-        lit.hparams.lr = suggested_lr
+        args.lr = suggested_lr
+    lit = make_classifier(args)
 
-    settings = {**vars(args), "lr": lit.hparams.lr, "trainer": trainer_kwargs}
+    settings = {**vars(args), "trainer": trainer_kwargs}
     metrics_csv = EpochMetricsCSV(out / "metrics.csv")
     run_record = checkpointing.RunRecord(settings)
     trainer = make_trainer(args, trainer_kwargs, out, metrics_csv, run_record)
     trainer.fit(lit, datamodule=datamodule, ckpt_path=resume_from)
     train_seconds = run_record.train_seconds()  # this session's and, after a resume, the earlier ones'
     test = trainer.test(lit, datamodule=datamodule, verbose=False)[0]  # current (final-epoch) weights, never "best"
+    wall_seconds = time.perf_counter() - wall_start
     if not trainer.is_global_zero:
         return None
 
     train_images = len(datamodule.train_set)
     summary = {
+        "recipe": args.recipe,
         "model": args.model,
         "params": count_parameters(lit.model),
         "epochs": args.epochs,
@@ -216,10 +279,14 @@ def run(args, trainer_kwargs):
         "train_images": train_images,
         "test_images": len(datamodule.test_set),
         "test_acc": round(float(test["test_acc"]), 6),
+        **({"test_acc_tta": round(float(test["test_acc_tta"]), 6)} if args.tta else {}),
         "test_loss": round(float(test["test_loss"]), 6),
         "train_seconds": round(train_seconds, 3),
+        "wall_seconds": round(wall_seconds, 3),
         "images_per_second": round(train_images * args.epochs / train_seconds, 1),
         "device": describe_device(trainer.strategy.root_device),
+        "data_path": args.data_path,
+        "precision": str(trainer.precision),
         "seed": args.seed,
         "data": datamodule.source,
         "resumed_after_epochs": run_record.resumed_after_epochs,
@@ -228,6 +295,8 @@ def run(args, trainer_kwargs):
     }
     write_plots(lit, datamodule, metrics_csv.rows, out)
     atomic_write_json(out / "summary.json", summary)
+    if args.results_dir:
+        results_table.write_record(args.results_dir, results_table.record_from_summary(summary))
     return summary
 
 

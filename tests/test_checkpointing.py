@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import checkpointing
+import recipes
 import train
 from checkpointing import AtomicCheckpointIO, SeedEachEpoch
 from data import CIFAR10DataModule
@@ -78,6 +79,7 @@ def test_files_survive_sigkill_at_random_moments(tmp_path):
 
 def test_trainer_saves_checkpoints_through_atomic_io(tmp_path):
     args, trainer_kwargs = train.parse_args(["--synthetic", "--out", str(tmp_path), "--enable-progress-bar", "false"])
+    args = recipes.resolve(args)
     trainer = train.make_trainer(args, trainer_kwargs, tmp_path, train.EpochMetricsCSV(tmp_path / "metrics.csv"),
                                  checkpointing.RunRecord({}))
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)

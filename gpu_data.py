@@ -1,0 +1,99 @@
+"""The GPU-resident data path: the whole uint8 data set lives on the training device and each batch is augmented
+there with a few batched tensor ops, with no DataLoader workers.
+
+The augmentations are those of `data.train_transforms` (reflect-pad 4 + random 32x32 crop, horizontal flip, one
+8x8 cutout hole filled with the dataset mean, normalise), drawn from the same distributions; tests/test_gpu_data.py
+checks that statistically against the albumentations path. Written by hand because albumentations works on one
+NumPy image at a time on the CPU, which cannot feed a GPU training a ResNet-9 at thousands of images per second.
+On a CPU-only machine the same code runs on CPU tensors (that is how the tests run it).
+"""
+import math
+
+import numpy as np
+import torch
+
+
+def reflect_index(index, size):
+    """Indices past either border mirrored back inside, without repeating the edge (OpenCV's BORDER_REFLECT_101,
+    NumPy's mode="reflect"): -1 -> 1, size -> size - 2. Valid for overshoots shorter than `size`."""
+    index = index.abs()
+    return torch.where(index > size - 1, 2 * (size - 1) - index, index)
+
+
+def crop_flip(images, pad, generator):
+    """Random `pad`-pixel translation of uint8 NCHW images (a crop of the reflect-padded image) and a horizontal
+    flip with probability 1/2, as one gather: the padding and the flip live in the index arithmetic."""
+    n, _, height, width = images.shape
+    device = images.device
+    dy = torch.randint(0, 2 * pad + 1, (n, 1), device=device, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n, 1), device=device, generator=generator)
+    flip = torch.rand((n, 1), device=device, generator=generator) < 0.5
+    rows = reflect_index(dy - pad + torch.arange(height, device=device), height)          # (n, H)
+    cols = reflect_index(dx - pad + torch.arange(width, device=device), width)            # (n, W)
+    cols = torch.where(flip, cols.flip(1), cols)
+    batch = torch.arange(n, device=device).view(n, 1, 1, 1)
+    channel = torch.arange(images.shape[1], device=device).view(1, -1, 1, 1)
+    return images[batch, channel, rows.view(n, 1, height, 1), cols.view(n, 1, 1, width)]
+
+
+def cutout(images, size, fill, generator):
+    """One `size` x `size` hole per image, placed uniformly so that it lies wholly inside (as CoarseDropout does),
+    filled with `fill` (a C x 1 x 1 tensor of the images' dtype)."""
+    n, _, height, width = images.shape
+    device = images.device
+    top = torch.randint(0, height - size + 1, (n, 1, 1, 1), device=device, generator=generator)
+    left = torch.randint(0, width - size + 1, (n, 1, 1, 1), device=device, generator=generator)
+    ys = torch.arange(height, device=device).view(1, 1, height, 1)
+    xs = torch.arange(width, device=device).view(1, 1, 1, width)
+    hole = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
+    return torch.where(hole, fill, images)
+
+
+class DeviceBatches:
+    """Batches of (normalised float32 NCHW images, int64 labels) from uint8 NHWC arrays copied once to `device`.
+
+    `train=True`: a fresh permutation each pass, plus crop/flip/cutout; otherwise data-set order, no augmentation.
+    The last batch may be short, as with the DataLoader it replaces. Pass k (counted from `epoch`) draws its order
+    and augmentations from (seed, epoch + k) alone, so a resumed run replays its epochs exactly (as data.EpochSampler).
+    """
+
+    def __init__(self, images, labels, mean, std, batch_size, device="cpu", train=False, cutout=8, pad=4, seed=0,
+                 channels_last=True, epoch=0):
+        device = torch.device(device)
+        self.images = torch.as_tensor(images).to(device).permute(0, 3, 1, 2).contiguous()  # uint8 NCHW
+        self.labels = torch.as_tensor(labels, dtype=torch.int64).to(device)
+        # Normalise in the 0..255 scale, exactly as A.Normalize(max_pixel_value=255) does.
+        self.offset = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
+        self.scale = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
+        self.fill = torch.tensor([round(m * 255) for m in mean], dtype=torch.uint8, device=device).view(3, 1, 1)
+        self.batch_size, self.train, self.cutout, self.pad = batch_size, train, cutout, pad
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.seed, self.epoch = seed, epoch
+        self.generator = torch.Generator(device=device)
+
+    def __len__(self):
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def augment(self, images):
+        images = crop_flip(images, self.pad, self.generator)
+        if self.cutout:
+            images = cutout(images, self.cutout, self.fill, self.generator)
+        return images
+
+    def normalize(self, images):
+        return ((images.float() - self.offset) / self.scale).contiguous(memory_format=self.memory_format)
+
+    def __iter__(self):
+        n = len(self.labels)
+        device = self.labels.device
+        seed_sequence = np.random.SeedSequence([self.seed, self.epoch])
+        self.generator.manual_seed(int(seed_sequence.generate_state(1, np.uint64)[0] >> 1))
+        self.epoch += 1
+        order = torch.randperm(n, device=device, generator=self.generator) if self.train else None
+        for start in range(0, n, self.batch_size):
+            if order is None:
+                images, labels = self.images[start:start + self.batch_size], self.labels[start:start + self.batch_size]
+            else:
+                index = order[start:start + self.batch_size]
+                images, labels = self.augment(self.images[index]), self.labels[index]
+            yield self.normalize(images), labels

@@ -1,0 +1,166 @@
+"""Result records in results/*.json and the README tables made from them (nothing in those tables is typed by hand).
+
+    python results_table.py [--results-dir results] [--readme README.md]
+
+Two kinds of record: time-to-accuracy runs (train.py --results-dir, scripts/airbench_reference.py), one file per
+run, averaged over seeds here; and throughput benchmarks (bench.py).
+"""
+import argparse
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+from utils import UsageError, atomic_write_json, atomic_write_text
+
+RUN, THROUGHPUT = "time_to_accuracy", "throughput"
+RUN_KEYS = ("recipe", "model", "epochs", "batch_size", "seed", "device", "data", "train_images", "test_images",
+            "data_path", "precision", "compile", "test_acc", "test_acc_tta", "wall_seconds", "train_seconds", "torch")
+# Runs that differ only in the seed are one row of the table.
+GROUP_KEYS = ("recipe", "model", "epochs", "batch_size", "device", "data", "train_images", "test_images",
+              "data_path", "precision", "compile", "torch")
+BEGIN = "<!-- results tables: written by `python results_table.py` from results/*.json, not by hand -->"
+END = "<!-- end of results tables -->"
+
+
+def record_from_summary(summary):
+    """The time-to-accuracy record of one train.py run (its summary.json)."""
+    return {
+        "kind": RUN,
+        **{key: summary.get(key) for key in RUN_KEYS if key in summary},
+        "data": summary["data"].split(" in ")[0],  # the data set, not the folder it was read from
+        "compile": bool(summary["settings"].get("compile", False)),
+        "test_acc_tta": summary.get("test_acc_tta"),
+        "torch": summary["versions"]["torch"],
+        "lightning": summary["versions"]["pytorch_lightning"],
+    }
+
+
+def slug(text):
+    return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-")
+
+
+def write_record(folder, record):
+    """results/RECIPE-MODEL-Nep-seedS-DEVICE.json; a rerun of the same setting and seed replaces its file."""
+    missing = [key for key in RUN_KEYS if key not in record]
+    if missing:
+        raise ValueError(f"a time-to-accuracy record needs {', '.join(missing)}")
+    name = f"{slug(record['recipe'])}-{slug(record['model'])}-{slug(record['epochs'])}ep-seed{record['seed']}-" \
+           f"{slug(record['device'])}.json"
+    path = Path(folder) / name
+    atomic_write_json(path, record)
+    return path
+
+
+def load_records(folder):
+    """{kind: [records]} of every results file in `folder`; a malformed file is a UsageError naming it."""
+    found = {RUN: [], THROUGHPUT: []}
+    for path in sorted(Path(folder).glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+            kind = record["kind"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise UsageError(f"{path} is not a results record ({type(error).__name__}: {error}); fix or remove "
+                             "it") from None
+        if kind not in found:
+            raise UsageError(f"{path} has kind {kind!r}, expected {RUN!r} or {THROUGHPUT!r}")
+        if kind == RUN:
+            missing = [key for key in RUN_KEYS if key not in record]
+            if missing:
+                raise UsageError(f"{path} lacks {', '.join(missing)}")
+        found[kind].append(record)
+    return found
+
+
+def mean_sd(values, scale=1.0, digits=2):
+    values = [v * scale for v in values]
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def run_rows(records):
+    """One row per setting: seeds, and mean ± sample standard deviation over them."""
+    groups = {}
+    for record in records:
+        groups.setdefault(tuple(str(record[key]) for key in GROUP_KEYS), []).append(record)
+    rows = []
+    for runs in groups.values():
+        first = runs[0]
+        tta = [r["test_acc_tta"] for r in runs if r["test_acc_tta"] is not None]
+        setup = f"{first['data_path']}, {first['precision']}" + (", compiled" if first["compile"] else "")
+        data = first["data"] + ("" if first["train_images"] in (50000, None) else f", {first['train_images']} train")
+        rows.append({
+            "recipe": first["recipe"], "model": first["model"], "epochs": first["epochs"],
+            "device": first["device"], "data": data, "setup": setup, "torch": first["torch"],
+            "seeds": len(runs),
+            "test_acc": mean_sd([r["test_acc"] for r in runs], 100),
+            "test_acc_tta": (mean_sd(tta, 100) + ("" if first.get("tta", "mirror") == "mirror" else
+                                                  f" ({first['tta']})")) if len(tta) == len(runs) else "",
+            "wall_seconds": mean_sd([r["wall_seconds"] for r in runs], digits=1),
+        })
+    return sorted(rows, key=lambda r: (r["device"], r["data"], r["model"], r["recipe"], float(r["epochs"])))
+
+
+def markdown(columns, rows):
+    lines = ["| " + " | ".join(title for _, title in columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(str(row[key]) for key, _ in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+RUN_COLUMNS = (("recipe", "recipe"), ("model", "model"), ("epochs", "epochs"), ("seeds", "seeds"),
+               ("test_acc", "test acc. %"), ("test_acc_tta", "TTA acc. % (mirror unless noted)"), ("wall_seconds", "wall s"),
+               ("device", "device"), ("data", "data"), ("setup", "data path, precision"), ("torch", "torch"))
+THROUGHPUT_COLUMNS = (("device", "device"), ("model", "model"), ("batch_size", "batch"),
+                      ("data_path", "data path"), ("precision", "precision"), ("pipeline", "pipeline images/s"),
+                      ("bare", "bare loop images/s"), ("ratio", "ratio"), ("load", "load avg. (1 min) before/after"))
+
+
+def tables(found):
+    """The markdown that goes between the README markers."""
+    parts = ["Time to accuracy: test accuracy after the last epoch, without and with test-time augmentation "
+             "(mean ± standard deviation over seeds); wall seconds of the whole run, data loading and testing "
+             "included."]
+    runs = run_rows(found[RUN])
+    parts.append(markdown(RUN_COLUMNS, runs) if runs else
+                 "No runs recorded yet: `scripts/gpu_runs.sh` makes them on a GPU.")
+    bench = [{**b, "pipeline": f"{b['pipeline_images_per_second']:.1f}", "bare": f"{b['bare_images_per_second']:.1f}",
+              "ratio": f"{b['ratio']:.3f}", "load": f"{b['load_before'][0]:.2f} / {b['load_after'][0]:.2f}"}
+             for b in sorted(found[THROUGHPUT], key=lambda b: (b["device"], b["model"], b["batch_size"]))]
+    if bench:
+        parts.append("Throughput (`bench.py`): training images per second of the whole pipeline (Lightning, "
+                     "data path, logging, callbacks) against a bare PyTorch loop over the same model and batch, "
+                     "measured in the same process.")
+        parts.append(markdown(THROUGHPUT_COLUMNS, bench))
+    return "\n\n".join(parts)
+
+
+def replace_between_markers(text, generated, where="README.md"):
+    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
+        raise UsageError(f"{where} needs the two marker lines, in this order:\n{BEGIN}\n{END}")
+    head, rest = text.split(BEGIN)
+    _, tail = rest.split(END)
+    return f"{head}{BEGIN}\n{generated}\n{END}{tail}"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results-dir", default="results")
+    parser.add_argument("--readme", default="README.md")
+    args = parser.parse_args(argv)
+    try:
+        found = load_records(args.results_dir)
+        readme = Path(args.readme)
+        text = readme.read_text()
+        atomic_write_text(readme, replace_between_markers(text, tables(found), str(readme)))
+    except (UsageError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{readme}: {len(found[RUN])} runs in {len(run_rows(found[RUN]))} rows, "
+          f"{len(found[THROUGHPUT])} throughput benchmarks")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Recipes, their LR schedules, the device data path through train.py (with EMA and flip TTA), and bench.py."""
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import bench
+import recipes
+import train
+from data import CIFAR10DataModule, make_synthetic
+from gpu_data import DeviceBatches
+from lit_classifier import LitClassifier
+from lr_finder import find_lr
+from utils import UsageError
+
+QUIET = ["--enable-progress-bar", "false", "--num-workers", "0"]
+STEPS_PER_EPOCH = 98  # 50,000 images at batch 512
+
+
+def resolved(*argv):
+    args, _ = train.parse_args(list(argv) + ["--out", "unused"])
+    return recipes.resolve(args)
+
+
+def test_without_flags_the_resnet9_gets_the_dawn_recipe():
+    args = resolved()
+    assert args.recipe == "dawn"
+    assert {key: getattr(args, key) for key in recipes.SETTINGS} == recipes.RECIPES["dawn"]
+
+
+def test_explicit_flags_override_single_recipe_values():
+    args = resolved("--recipe", "course", "--epochs", "3", "--logit-scale", "0.5", "--no-tta")
+    assert (args.optimizer, args.lr_find, args.weight_decay) == ("adam", True, 1e-4)  # from the recipe
+    assert (args.epochs, args.logit_scale, args.tta) == (3, 0.5, False)                # from the flags
+    assert resolved("--recipe", "course", "--lr", "0.02").lr_find is False  # an explicit LR replaces the range test
+    assert resolved("--recipe", "course", "--lr", "0.02", "--lr-find").lr_find is True
+
+
+def test_each_model_defaults_to_its_own_recipe_and_a_recipe_can_take_another_model():
+    assert resolved("--model", "resnet18").recipe == "resnet18" and resolved("--model", "resnet18").epochs == 40
+    args = resolved("--recipe", "dawn", "--model", "resnet18")
+    assert (args.model, args.epochs, args.logit_scale) == ("resnet18", 24, 0.125)
+
+
+def test_unknown_recipe_and_missing_lr_are_clear_errors(tmp_path, capsys):
+    assert train.main(["--recipe", "fastest", "--synthetic", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown recipe 'fastest': choose one of dawn, course")
+    with pytest.raises(UsageError, match="course recipe takes its peak LR from the LR range test"):
+        resolved("--recipe", "course", "--no-lr-find")
+
+
+def one_cycle_lrs(recipe, epochs):
+    settings = {key: value for key, value in recipes.RECIPES[recipe].items()
+                if key in ("optimizer", "momentum", "weight_decay", "pct_start", "div_factor", "final_div_factor")}
+    lit = LitClassifier(lr=0.4, **settings)
+    lit.trainer = SimpleNamespace(estimated_stepping_batches=epochs * STEPS_PER_EPOCH)
+    scheduler = lit.configure_optimizers()["lr_scheduler"]["scheduler"]
+    lrs = []
+    for _ in range(epochs * STEPS_PER_EPOCH):
+        lrs.append(scheduler.get_last_lr()[0])
+        scheduler.optimizer.step()
+        scheduler.step()
+    return np.array(lrs)
+
+
+@pytest.mark.parametrize("recipe, epochs, peak_epoch", [("dawn", 24, 5), ("resnet18", 40, 8)])
+def test_schedule_is_linear_from_zero_to_the_peak_and_back_to_zero(recipe, epochs, peak_epoch):
+    lrs = one_cycle_lrs(recipe, epochs)
+    # dawn.py: PiecewiseLinear([0, 5, 24], [0, 0.4, 0]) in epochs, evaluated at every step
+    page = np.interp(np.arange(len(lrs)) / STEPS_PER_EPOCH, [0, peak_epoch, epochs], [0, 0.4, 0])
+    assert np.abs(lrs - page).max() < 0.4 * 0.01
+    assert lrs.argmax() in (peak_epoch * STEPS_PER_EPOCH - 1, peak_epoch * STEPS_PER_EPOCH)
+    assert lrs[0] < 1e-4 and lrs[-1] < 1e-3
+
+
+def test_course_schedule_starts_at_a_hundredth_of_the_peak():
+    lrs = one_cycle_lrs("course", 24)
+    assert lrs[0] == pytest.approx(0.4 / 100) and lrs[-1] == pytest.approx(0.4 / 1e4, rel=0.5)
+    assert lrs.argmax() in (5 * STEPS_PER_EPOCH - 1, 5 * STEPS_PER_EPOCH)
+
+
+@pytest.fixture(scope="module")
+def device_path_run(tmp_path_factory):
+    out, results = tmp_path_factory.mktemp("run"), tmp_path_factory.mktemp("results")
+    argv = ["--synthetic", "--train-size", "200", "--test-size", "100", "--epochs", "2", "--batch-size", "50",
+            "--lr", "0.2", "--data-path", "device", "--ema", "0.9", "--seed", "5", "--out", str(out),
+            "--results-dir", str(results)] + QUIET
+    assert train.main(argv) == 0
+    return out, results
+
+
+def test_device_path_run_reports_tta_separately_and_writes_a_results_record(device_path_run):
+    out, results = device_path_run
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["data_path"] == "device" and summary["recipe"] == "dawn" and summary["settings"]["ema"] == 0.9
+    assert 0 <= summary["test_acc"] <= 1 and 0 <= summary["test_acc_tta"] <= 1
+    assert summary["wall_seconds"] > summary["train_seconds"] > 0
+    record, = [json.loads(p.read_text()) for p in results.glob("*.json")]
+    assert record["kind"] == "time_to_accuracy" and record["seed"] == 5 and record["data"] == "synthetic"
+    for key in ("device", "torch", "recipe", "epochs", "wall_seconds", "test_acc", "test_acc_tta"):
+        assert record[key] == summary.get(key, summary["versions"]["torch"] if key == "torch" else None), key
+
+
+def test_the_checkpoint_holds_the_tested_ema_weights_and_reproduces_both_accuracies(device_path_run):
+    out, _ = device_path_run
+    summary = json.loads((out / "summary.json").read_text())
+    lit = LitClassifier.load_from_checkpoint(out / "last.ckpt", map_location="cpu").eval()
+    dm = CIFAR10DataModule(synthetic=True, train_size=200, test_size=100, seed=5, batch_size=100, data_path="device")
+    dm.setup()
+    (images, labels), = list(dm.test_dataloader())
+    with torch.no_grad():
+        logits, mirrored = lit(images), lit(images.flip(3))
+    assert float((logits.argmax(1) == labels).float().mean()) == pytest.approx(summary["test_acc"], abs=1e-6)
+    tta = float(((logits + mirrored).argmax(1) == labels).float().mean())
+    assert tta == pytest.approx(summary["test_acc_tta"], abs=1e-6)
+
+
+def test_lr_range_test_runs_on_device_batches():
+    images, labels = make_synthetic(64, seed=0)
+    loader = DeviceBatches(images, labels, (0.5,) * 3, (0.25,) * 3, batch_size=16, train=True)
+    tiny = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))  # the loader is under test
+    _, figure = find_lr(tiny, loader, num_iter=30, device="cpu")
+    assert figure.axes
+
+
+def test_bench_writes_both_throughputs_and_their_ratio(tmp_path):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--batch-size", "4", "--steps", "2", "--warmup", "1", "--rounds", "1", "--device", "cpu",
+                       "--num-workers", "0", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["kind"] == "throughput" and result["device"].startswith("CPU") and result["batch_size"] == 4
+    assert result["pipeline_images_per_second"] > 0 and result["bare_images_per_second"] > 0
+    assert result["ratio"] == pytest.approx(result["pipeline_images_per_second"] / result["bare_images_per_second"],
+                                            rel=1e-2)  # both rounded
+    assert result["versions"]["torch"] == torch.__version__ and len(result["load_before"]) == 3

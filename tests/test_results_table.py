@@ -1,0 +1,84 @@
+"""The README tables come from the result files alone (fixture files here, made up for the test)."""
+import json
+
+import pytest
+
+import results_table
+from results_table import BEGIN, END
+from utils import UsageError
+
+README = f"# Title\n\n## Results\n\n{BEGIN}\nold table\n{END}\n\n## After\ntext\n"
+
+
+def run_record(seed, acc, tta, wall, recipe="dawn", device="Test GPU"):
+    return {"kind": "time_to_accuracy", "recipe": recipe, "model": "custom_resnet", "epochs": 24,
+            "batch_size": 512, "seed": seed, "device": device, "data": "CIFAR-10 (JPEG offline copy)",
+            "train_images": 50000, "test_images": 10000, "data_path": "device", "precision": "bf16-mixed",
+            "compile": False, "test_acc": acc, "test_acc_tta": tta, "wall_seconds": wall, "train_seconds": wall - 3,
+            "torch": "2.11.0"}
+
+
+BENCH = {"kind": "throughput", "model": "custom_resnet", "batch_size": 64, "device": "Test CPU",
+         "data_path": "loader", "precision": "32-true", "pipeline_images_per_second": 45.5,
+         "bare_images_per_second": 50.0, "ratio": 0.91, "load_before": [1.5, 1, 1], "load_after": [2.25, 1, 1]}
+
+
+@pytest.fixture
+def results_dir(tmp_path):
+    folder = tmp_path / "results"
+    for seed, (acc, tta, wall) in enumerate([(0.94, 0.945, 20.0), (0.95, 0.955, 22.0), (0.96, 0.965, 24.0)]):
+        results_table.write_record(folder, run_record(seed, acc, tta, wall))
+    results_table.write_record(folder, run_record(0, 0.9, None, 30.0, recipe="course"))
+    results_table.write_record(folder, {**run_record(1, 0.93, 0.94, 4.0, recipe="airbench94"),
+                                        "tta": "mirror+translate"})
+    (folder / "bench_cpu_test.json").write_text(json.dumps(BENCH))
+    return folder
+
+
+def test_one_row_per_setting_with_mean_and_spread_over_seeds(results_dir):
+    rows = results_table.run_rows(results_table.load_records(results_dir)["time_to_accuracy"])
+    assert [(r["recipe"], r["seeds"]) for r in rows] == [("airbench94", 1), ("course", 1), ("dawn", 3)]
+    assert rows[0]["test_acc_tta"] == "94.00 (mirror+translate)"
+    rows = rows[1:]
+    dawn = rows[1]
+    assert dawn["test_acc"] == "95.00 ± 1.00" and dawn["test_acc_tta"] == "95.50 ± 1.00"
+    assert dawn["wall_seconds"] == "22.0 ± 2.0"
+    assert rows[0]["test_acc"] == "90.00" and rows[0]["test_acc_tta"] == ""
+
+
+def test_readme_gets_both_tables_between_the_markers_and_nothing_else_changes(results_dir, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    assert results_table.main(["--results-dir", str(results_dir), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("# Title\n\n## Results\n\n" + BEGIN)
+    assert text.endswith(END + "\n\n## After\ntext\n")
+    assert "| dawn | custom_resnet | 24 | 3 | 95.00 ± 1.00 | 95.50 ± 1.00 | 22.0 ± 2.0 | Test GPU |" in text
+    assert "| Test CPU | custom_resnet | 64 | loader | 32-true | 45.5 | 50.0 | 0.910 | 1.50 / 2.25 |" in text
+    assert results_table.main(["--results-dir", str(results_dir), "--readme", str(readme)]) == 0
+    assert readme.read_text() == text  # regenerating is idempotent
+
+
+def test_no_runs_yet_says_so(tmp_path):
+    text = results_table.tables(results_table.load_records(tmp_path))
+    assert "No runs recorded yet" in text and "Throughput" not in text
+
+
+def test_rerunning_a_setting_and_seed_replaces_its_file(results_dir):
+    results_table.write_record(results_dir, run_record(0, 0.97, 0.97, 20.0))
+    rows = results_table.run_rows(results_table.load_records(results_dir)["time_to_accuracy"])
+    assert rows[2]["seeds"] == 3 and rows[2]["test_acc"] == "96.00 ± 1.00"
+
+
+def test_bad_files_and_missing_markers_are_clear_errors(results_dir, tmp_path, capsys):
+    (results_dir / "broken.json").write_text("{not json")
+    with pytest.raises(UsageError, match="broken.json is not a results record"):
+        results_table.load_records(results_dir)
+    (results_dir / "broken.json").write_text(json.dumps({"kind": "time_to_accuracy", "seed": 1}))
+    with pytest.raises(UsageError, match="broken.json lacks recipe, model"):
+        results_table.load_records(results_dir)
+    (results_dir / "broken.json").unlink()
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers\n")
+    assert results_table.main(["--results-dir", str(results_dir), "--readme", str(readme)]) == 2
+    assert capsys.readouterr().err.startswith("error: ") and readme.read_text() == "# no markers\n"
