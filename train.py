@@ -129,7 +129,8 @@ def check_args(args):
 def make_trainer(args, trainer_kwargs, out, metrics_csv):
     callbacks = [
         ModelSummary(max_depth=2),
-        ModelCheckpoint(dirpath=out, save_last=True, save_top_k=0),
+        # A rerun into the same folder replaces last.ckpt (Lightning's default would add last-v1.ckpt beside the old one).
+        ModelCheckpoint(dirpath=out, save_last=True, save_top_k=0, enable_version_counter=False),
         LearningRateMonitor(logging_interval="step"),
         metrics_csv,
     ]
