@@ -1,6 +1,7 @@
 """LR range test (Leslie Smith) with torch-lr-finder: the suggested LR becomes the OneCycle peak."""
 import copy
 import math
+from types import SimpleNamespace
 
 import matplotlib
 
@@ -49,3 +50,25 @@ def find_lr(model, train_loader, optimizer="sgd", weight_decay=5e-4, momentum=0.
     title = f"LR range test: suggested peak {suggested_lr:.2e}" if suggested_lr else "LR range test"
     ax.set_title(f"{title}\n({diverged}; later steps dropped)" if diverged else title)
     return suggested_lr, fig
+
+
+def onecycle_schedule(lit, total_steps):
+    """The learning rate of each of `total_steps` optimizer steps under `lit.configure_optimizers()`, without training.
+
+    configure_optimizers only reads `trainer.estimated_stepping_batches`, so a stand-in trainer supplies that number
+    and the plotted schedule is exactly the one a run would use.
+    """
+    attached = lit._trainer
+    lit.trainer = SimpleNamespace(estimated_stepping_batches=total_steps)
+    try:
+        config = lit.configure_optimizers()
+    finally:
+        lit.trainer = attached
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    lrs = []
+    for step in range(total_steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        if step < total_steps - 1:
+            optimizer.step()  # no gradients, so no parameter moves; keeps the scheduler's call-order check quiet
+            scheduler.step()
+    return lrs

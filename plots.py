@@ -1,4 +1,5 @@
 """Figures of a run: training curves and image grids (misclassified test images and the like)."""
+import copy
 import csv
 import math
 
@@ -7,6 +8,8 @@ import matplotlib
 matplotlib.use("Agg")  # no display needed; notebooks still show the returned figures inline
 import matplotlib.pyplot as plt
 import numpy as np
+
+from data import denormalize
 
 
 def read_metrics(path):
@@ -63,3 +66,47 @@ def plot_misclassified(images, labels, index, predicted, confidence, classes, n=
               for i, p, c in zip(index, predicted[:n], confidence[:n])]
     return image_grid(images[index], titles, title=f"Misclassified test images, most confident first "
                                                   f"({len(index)} shown)")
+
+
+def plot_class_samples(images, labels, classes, per_class=8, seed=0):
+    """`per_class` randomly chosen images of every class, one row per class, the class named on the left."""
+    rng = np.random.default_rng(seed)
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(1.1 * per_class + 1, 1.1 * len(classes)),
+                             squeeze=False)
+    for row, name in enumerate(classes):
+        members = np.flatnonzero(np.asarray(labels) == row)
+        picked = rng.choice(members, size=min(per_class, len(members)), replace=False)
+        for ax in axes[row]:
+            ax.axis("off")
+        for ax, i in zip(axes[row], picked):
+            ax.imshow(images[i], interpolation="nearest")
+        axes[row, 0].text(-0.1, 0.5, name, transform=axes[row, 0].transAxes, ha="right", va="center")
+    fig.suptitle(f"{per_class} random training images per class")
+    fig.tight_layout()
+    return fig
+
+
+def plot_augmentations(image, transform, mean, std, n=9, seed=0):
+    """One uint8 HWC image and `n` draws of the training `transform` on it (de-normalised for display).
+
+    Works on a copy of the transform, so seeding it here leaves the training pipeline's random state alone.
+    """
+    transform = copy.deepcopy(transform)
+    transform.set_random_seed(seed)
+    views = [denormalize(transform(image=image)["image"], mean, std).permute(1, 2, 0).numpy() for _ in range(n)]
+    return image_grid([image] + views, ["original"] + [f"augmented {i + 1}" for i in range(n)],
+                      ncols=min(n + 1, 5), title=f"The training augmentation drawn {n} times on one image")
+
+
+def plot_lr_schedule(lrs, steps_per_epoch=None, title="OneCycle learning rate"):
+    """Learning rate per optimizer step (e.g. from lr_finder.onecycle_schedule), epochs on the x axis if known."""
+    steps = np.arange(len(lrs))
+    x = steps / steps_per_epoch if steps_per_epoch else steps
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(x, lrs)
+    ax.set_xlabel("epoch" if steps_per_epoch else "step")
+    ax.set_ylabel("learning rate")
+    ax.set_title(f"{title}: peak {max(lrs):.3g}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
