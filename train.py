@@ -3,7 +3,8 @@
     python train.py --model custom_resnet --epochs 24 --batch-size 512 --data-dir data --out runs/resnet9
 
 Any Lightning Trainer argument passes through (--accelerator, --devices, --strategy, --precision, ...).
-The run folder gets summary.json, metrics.csv, last.ckpt, curves.png, misclassified.png (+ lr_finder.png, logs/).
+The run folder gets summary.json, metrics.csv, last.ckpt, curves.png, misclassified.png, gradcam.png, confusion.png
+(+ lr_finder.png, logs/).
 """
 import argparse
 import csv
@@ -19,6 +20,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, Mo
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 import analysis
+import explain
 import plots
 from data import CIFAR10DataModule
 from lit_classifier import OPTIMIZERS, LitClassifier
@@ -205,6 +207,14 @@ def write_plots(lit, datamodule, rows, out):
     figure = plots.plot_misclassified(datamodule.test_images, labels, index, predicted, confidence,
                                       datamodule.classes)
     atomic_savefig(figure, out / "misclassified.png")
+    atomic_savefig(plots.plot_confusion(analysis.confusion_matrix(probs, labels), datamodule.classes),
+                   out / "confusion.png")
+    shown, layer = index[:8], explain.DEFAULT_LAYERS[lit.hparams.model_name]  # gradcam.png: 8 mistakes, 3 rows
+    overlays = explain.mistake_overlays(lit.model, datamodule.test_images, labels, shown, predicted[:len(shown)],
+                                        datamodule.mean, datamodule.std, layer)
+    figure = plots.plot_gradcam(datamodule.test_images, labels, shown, predicted, confidence, *overlays,
+                                datamodule.classes, layer)
+    atomic_savefig(figure, out / "gradcam.png")
 
 
 def main(argv=None):
