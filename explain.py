@@ -4,6 +4,7 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from analysis import eval_mode, to_input
 from utils import UsageError
 
 # Layers worth looking at, deepest first, with their feature-map size for 32x32 inputs.
@@ -11,6 +12,8 @@ GRADCAM_LAYERS = {
     "custom_resnet": {"layer3": "4x4", "layer2": "8x8", "res1": "16x16", "layer1": "16x16"},
     "resnet18": {"layer4": "4x4", "layer3": "8x8", "layer2": "16x16", "layer1": "32x32"},
 }
+# The 8x8 stage: the last 4x4 one is too coarse to tell which part of a 32x32 image counted.
+DEFAULT_LAYERS = {"custom_resnet": "layer2", "resnet18": "layer3"}
 
 
 def target_layer(model, name):
@@ -28,13 +31,8 @@ def gradcam(model, input_tensor, target_classes, layer):
     """
     if len(target_classes) != len(input_tensor):
         raise ValueError(f"{len(input_tensor)} images but {len(target_classes)} target classes")
-    was_training = model.training
-    model.eval()
-    try:
-        with GradCAM(model=model, target_layers=[target_layer(model, layer)]) as cam:
-            return cam(input_tensor=input_tensor, targets=[ClassifierOutputTarget(int(c)) for c in target_classes])
-    finally:
-        model.train(was_training)
+    with eval_mode(model), GradCAM(model=model, target_layers=[target_layer(model, layer)]) as cam:
+        return cam(input_tensor=input_tensor, targets=[ClassifierOutputTarget(int(c)) for c in target_classes])
 
 
 def overlay(images, heatmaps, image_weight=0.5):
@@ -44,3 +42,26 @@ def overlay(images, heatmaps, image_weight=0.5):
         raise ValueError("overlay expects de-normalised RGB images in [0, 1]")
     return np.stack([show_cam_on_image(img, cam, use_rgb=True, image_weight=image_weight)
                      for img, cam in zip(images, heatmaps)])
+
+
+def gradcam_overlays(model, images, target_classes, mean, std, layer, image_weight=0.5, batch_size=64):
+    """GradCAM of uint8 HWC images for one class each, drawn over the images themselves: uint8 overlays.
+
+    The network gets the normalised images; the heat maps go over the de-normalised ones (the uint8 pixels / 255).
+    """
+    images = np.asarray(images)
+    if len(images) == 0:
+        return np.zeros((0, *images.shape[1:3], 3), np.uint8)
+    maps = np.concatenate([gradcam(model, to_input(images[start:start + batch_size], mean, std),
+                                   target_classes[start:start + batch_size], layer)
+                           for start in range(0, len(images), batch_size)])
+    return overlay(images.astype(np.float32) / 255.0, maps, image_weight)
+
+
+def mistake_overlays(model, images, labels, index, predicted, mean, std, layer, image_weight=0.5):
+    """For the mistakes chosen by analysis.misclassified: overlays for the predicted class and for the true class,
+    computed in one batch. Returns (predicted_overlays, true_overlays), uint8 N x H x W x 3 each."""
+    chosen = np.asarray(images)[index]
+    targets = np.concatenate([np.asarray(predicted), np.asarray(labels)[index]])
+    both = gradcam_overlays(model, np.concatenate([chosen, chosen]), targets, mean, std, layer, image_weight)
+    return both[:len(chosen)], both[len(chosen):]

@@ -1,4 +1,4 @@
-"""Figures of a run: training curves and image grids (misclassified test images and the like)."""
+"""Figures of a run: training curves, image grids (misclassified test images, GradCAM), confusion matrix."""
 import copy
 import csv
 import math
@@ -8,7 +8,10 @@ import matplotlib
 matplotlib.use("Agg")  # no display needed; notebooks still show the returned figures inline
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
+from torchmetrics.classification import MulticlassConfusionMatrix
 
+from analysis import per_class_accuracy
 from data import denormalize
 
 
@@ -108,5 +111,38 @@ def plot_lr_schedule(lrs, steps_per_epoch=None, title="OneCycle learning rate"):
     ax.set_ylabel("learning rate")
     ax.set_title(f"{title}: peak {max(lrs):.3g}")
     ax.grid(alpha=0.3)
+
+
+def plot_gradcam(images, labels, index, predicted, confidence, predicted_overlays, true_overlays, classes, layer):
+    """Mistakes in columns; rows: the image, GradCAM for the predicted class, GradCAM for the true class."""
+    n = len(predicted_overlays)
+    index = index[:n]
+    titles = ([f"true {classes[labels[i]]}\npred {classes[p]} ({c:.0%})"
+               for i, p, c in zip(index, predicted[:n], confidence[:n])]
+              + [f"CAM {classes[p]} (pred)" for p in predicted[:n]]
+              + [f"CAM {classes[labels[i]]} (true)" for i in index])
+    return image_grid(list(images[index]) + list(predicted_overlays) + list(true_overlays), titles, ncols=max(n, 1),
+                      title=f"GradCAM at {layer} of the most confident mistakes: where the network looked "
+                            "for the class it chose, and for the right one")
+
+
+def plot_confusion(confusion, classes):
+    """Confusion matrix (torchmetrics' plot: rows true, columns predicted) beside the accuracy of each class."""
+    fig, (ax_matrix, ax_acc) = plt.subplots(1, 2, figsize=(15, 6.5), gridspec_kw={"width_ratios": [3, 2]})
+    MulticlassConfusionMatrix(num_classes=len(classes)).plot(
+        val=torch.as_tensor(confusion), ax=ax_matrix, labels=list(classes))
+    ax_matrix.set_title(f"Confusion matrix ({int(confusion.sum())} test images)")
+    accuracy = per_class_accuracy(confusion)
+    positions = np.arange(len(classes))
+    ax_acc.barh(positions, accuracy, color="tab:blue")
+    for y, value in zip(positions, accuracy):
+        ax_acc.text(min(value, 1.0) + 0.01 if not np.isnan(value) else 0.01, y,
+                    "n/a" if np.isnan(value) else f"{value:.0%}", va="center", fontsize=9)
+    total = np.trace(confusion) / max(confusion.sum(), 1)
+    ax_acc.axvline(total, color="k", linestyle="--", linewidth=1, label=f"overall {total:.1%}")
+    ax_acc.set(yticks=positions, yticklabels=classes, xlim=(0, 1.12), xlabel="accuracy", title="Accuracy per class")
+    ax_acc.invert_yaxis()
+    ax_acc.legend(loc="lower right")
+    ax_acc.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig

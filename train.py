@@ -6,7 +6,8 @@ The hyperparameters come from a recipe (recipes.py: dawn, the default for the Re
 recipe flag given explicitly overrides that one value.
 
 Any Lightning Trainer argument passes through (--accelerator, --devices, --strategy, --precision, ...).
-The run folder gets summary.json, metrics.csv, last.ckpt, curves.png, misclassified.png (+ lr_finder.png, logs/).
+The run folder gets summary.json, metrics.csv, last.ckpt, curves.png, misclassified.png, gradcam.png, confusion.png
+(+ lr_finder.png, logs/).
 """
 import argparse
 import csv
@@ -24,6 +25,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 import analysis
 import checkpointing
+import explain
 import plots
 import recipes
 import results_table
@@ -307,6 +309,14 @@ def write_plots(lit, datamodule, rows, out):
     figure = plots.plot_misclassified(datamodule.test_images, labels, index, predicted, confidence,
                                       datamodule.classes)
     atomic_savefig(figure, out / "misclassified.png")
+    atomic_savefig(plots.plot_confusion(analysis.confusion_matrix(probs, labels), datamodule.classes),
+                   out / "confusion.png")
+    shown, layer = index[:8], explain.DEFAULT_LAYERS[lit.hparams.model_name]  # gradcam.png: 8 mistakes, 3 rows
+    overlays = explain.mistake_overlays(lit.model, datamodule.test_images, labels, shown, predicted[:len(shown)],
+                                        datamodule.mean, datamodule.std, layer)
+    figure = plots.plot_gradcam(datamodule.test_images, labels, shown, predicted, confidence, *overlays,
+                                datamodule.classes, layer)
+    atomic_savefig(figure, out / "gradcam.png")
 
 
 def main(argv=None):

@@ -2,7 +2,6 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
@@ -12,7 +11,8 @@ from data import CIFAR10DataModule
 from lit_classifier import LitClassifier
 from tests.conftest import ROOT
 
-RUN_FILES = ("summary.json", "metrics.csv", "last.ckpt", "curves.png", "misclassified.png")
+RUN_FILES = ("summary.json", "metrics.csv", "last.ckpt", "curves.png", "misclassified.png", "gradcam.png",
+             "confusion.png")
 SUMMARY_KEYS = ("model", "params", "epochs", "batch_size", "train_images", "test_images", "test_acc", "test_loss",
                 "train_seconds", "images_per_second", "device", "seed", "data")
 QUIET = ["--enable-progress-bar", "false", "--num-workers", "0"]
