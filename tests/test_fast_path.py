@@ -51,6 +51,15 @@ def test_unknown_recipe_and_missing_lr_are_clear_errors(tmp_path, capsys):
         resolved("--recipe", "course", "--no-lr-find")
 
 
+def test_cpu_training_gets_the_loader_path_without_workers_unless_told_otherwise():
+    args, trainer_kwargs = train.parse_args(["--out", "unused", "--accelerator", "cpu"])
+    args, trainer_kwargs = train.hardware_defaults(args, trainer_kwargs)
+    assert (args.data_path, args.num_workers) == ("loader", 0) and "precision" not in trainer_kwargs
+    args, _ = train.hardware_defaults(*train.parse_args(["--out", "unused", "--accelerator", "cpu",
+                                                         "--num-workers", "1", "--data-path", "device"]))
+    assert (args.data_path, args.num_workers) == ("device", 1)
+
+
 def one_cycle_lrs(recipe, epochs):
     settings = {key: value for key, value in recipes.RECIPES[recipe].items()
                 if key in ("optimizer", "momentum", "weight_decay", "pct_start", "div_factor", "final_div_factor")}
