@@ -93,7 +93,7 @@ def test_course_schedule_starts_at_a_hundredth_of_the_peak():
 @pytest.fixture(scope="module")
 def device_path_run(tmp_path_factory):
     out, results = tmp_path_factory.mktemp("run"), tmp_path_factory.mktemp("results")
-    argv = ["--synthetic", "--train-size", "200", "--test-size", "100", "--epochs", "2", "--batch-size", "50",
+    argv = ["--synthetic", "--train-size", "100", "--test-size", "60", "--epochs", "2", "--batch-size", "25",
             "--lr", "0.2", "--data-path", "device", "--ema", "0.9", "--seed", "5", "--out", str(out),
             "--results-dir", str(results)] + QUIET
     assert train.main(argv) == 0
@@ -116,7 +116,7 @@ def test_the_checkpoint_holds_the_tested_ema_weights_and_reproduces_both_accurac
     out, _ = device_path_run
     summary = json.loads((out / "summary.json").read_text())
     lit = LitClassifier.load_from_checkpoint(out / "last.ckpt", map_location="cpu").eval()
-    dm = CIFAR10DataModule(synthetic=True, train_size=200, test_size=100, seed=5, batch_size=100, data_path="device")
+    dm = CIFAR10DataModule(synthetic=True, train_size=100, test_size=60, seed=5, batch_size=60, data_path="device")
     dm.setup()
     (images, labels), = list(dm.test_dataloader())
     with torch.no_grad():
