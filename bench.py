@@ -7,7 +7,8 @@
 with train.py's callbacks and loggers (progress bar included), on synthetic images. "bare" is a plain loop of
 forward, loss, backward, optimizer step over one fixed batch of the same shape, same model, optimizer, memory
 format and precision: the speed the hardware gives with nothing else around it. Rounds alternate bare and
-pipeline, so load from other processes falls on both alike; the ratio compares the best round of each.
+pipeline, so load from other processes falls on both alike; "ratio" compares the best (least disturbed) round of
+each, "median_round_ratio" is the median over rounds of pipeline / the bare loop run just before it.
 """
 import argparse
 import os
@@ -126,7 +127,7 @@ def train_arguments(options, folder):
     args = recipes.resolve(args)
     if args.lr is None:  # a recipe that takes its LR from the range test: any LR runs at the same speed
         args.lr = 0.01
-    return train.fast_path_defaults(args, trainer_kwargs)
+    return train.hardware_defaults(args, trainer_kwargs)
 
 
 def run(options):
@@ -164,7 +165,8 @@ def run(options):
         "pipeline_images_per_second": round(max(pipeline), 2),
         "bare_images_per_second": round(max(bare), 2),
         "ratio": round(max(pipeline) / max(bare), 4),
-        "ratio_of_medians": round(statistics.median(pipeline) / statistics.median(bare), 4),
+        # each round's pipeline over the bare loop just before it: neighbours in time share the machine's load
+        "median_round_ratio": round(statistics.median(p / b for p, b in zip(pipeline, bare)), 4),
         "pipeline_rounds": [round(v, 2) for v in pipeline],
         "bare_rounds": [round(v, 2) for v in bare],
         "torch_threads": torch.get_num_threads(),

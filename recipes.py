@@ -45,7 +45,7 @@ SETTINGS = tuple(RECIPES["dawn"])
 
 
 def resolve(args):
-    """A copy of `args` with every setting left unset (None) on the command line taken from the recipe.
+    """A copy of `args` with every setting not given on the command line (absent or None) taken from the recipe.
 
     The recipe is --recipe, else the default recipe of --model, else "dawn". Sets args.recipe to the name used.
     An explicit --lr also turns off a recipe's LR range test, unless --lr-find is given too.

@@ -113,8 +113,9 @@ RUN_COLUMNS = (("recipe", "recipe"), ("model", "model"), ("epochs", "epochs"), (
                ("test_acc", "test acc. %"), ("test_acc_tta", "TTA acc. % (mirror unless noted)"), ("wall_seconds", "wall s"),
                ("device", "device"), ("data", "data"), ("setup", "data path, precision"), ("torch", "torch"))
 THROUGHPUT_COLUMNS = (("device", "device"), ("model", "model"), ("batch_size", "batch"),
-                      ("data_path", "data path"), ("precision", "precision"), ("pipeline", "pipeline images/s"),
-                      ("bare", "bare loop images/s"), ("ratio", "ratio"), ("load", "load avg. (1 min) before/after"))
+                      ("data", "data path (workers)"), ("precision", "precision"), ("pipeline", "pipeline images/s"),
+                      ("bare", "bare loop images/s"), ("ratio", "ratio of the best rounds"),
+                      ("round_ratio", "median ratio per round"), ("load", "load avg. (1 min) before/after"))
 
 
 def tables(found):
@@ -126,12 +127,15 @@ def tables(found):
     parts.append(markdown(RUN_COLUMNS, runs) if runs else
                  "No runs recorded yet: `scripts/gpu_runs.sh` makes them on a GPU.")
     bench = [{**b, "pipeline": f"{b['pipeline_images_per_second']:.1f}", "bare": f"{b['bare_images_per_second']:.1f}",
-              "ratio": f"{b['ratio']:.3f}", "load": f"{b['load_before'][0]:.2f} / {b['load_after'][0]:.2f}"}
+              "data": f"{b['data_path']} ({b['num_workers']})", "ratio": f"{b['ratio']:.3f}",
+              "round_ratio": f"{b['median_round_ratio']:.3f}",
+              "load": f"{b['load_before'][0]:.2f} / {b['load_after'][0]:.2f}"}
              for b in sorted(found[THROUGHPUT], key=lambda b: (b["device"], b["model"], b["batch_size"]))]
     if bench:
         parts.append("Throughput (`bench.py`): training images per second of the whole pipeline (Lightning, "
                      "data path, logging, callbacks) against a bare PyTorch loop over the same model and batch, "
-                     "measured in the same process.")
+                     "in alternating rounds of one process; the load average shows how busy the machine was with "
+                     "other work.")
         parts.append(markdown(THROUGHPUT_COLUMNS, bench))
     return "\n\n".join(parts)
 

@@ -96,7 +96,8 @@ def build_parser():
                         "recipes.py); explicit flags below override its values")
     # Recipe values default to SUPPRESS: left out of the namespace, recipes.resolve fills them in.
     from_recipe = dict(default=argparse.SUPPRESS)
-    parser.add_argument("--model", help=f"one of: {', '.join(MODELS)} (default: custom_resnet)", **from_recipe)
+    parser.add_argument("--model", help=f"one of: {', '.join(MODELS)} (default: the recipe's; custom_resnet)",
+                        **from_recipe)
     parser.add_argument("--epochs", type=int, help="(recipe)", **from_recipe)
     parser.add_argument("--batch-size", type=int, help="(recipe)", **from_recipe)
     parser.add_argument("--data-dir", default="data", help="folder holding (or receiving) cifar-10-batches-py/")
@@ -132,7 +133,8 @@ def build_parser():
                        help="loader: albumentations in DataLoader workers; device: the whole data set on the GPU, "
                        "augmented there in batches (gpu_data.py); auto: device on CUDA, else loader")
     speed.add_argument("--compile", action="store_true", help="torch.compile the network")
-    speed.add_argument("--num-workers", type=int, help="DataLoader workers (default: one per spare core)")
+    speed.add_argument("--num-workers", type=int, help="DataLoader workers (default: none when training on the "
+                       "CPU, else one per core but the main process's)")
     group = parser.add_argument_group("Lightning Trainer flags (passed through to pl.Trainer)")
     for name, param in inspect.signature(pl.Trainer.__init__).parameters.items():
         if name in OWN_TRAINER_ARGS or param.kind is not inspect.Parameter.KEYWORD_ONLY:
@@ -163,9 +165,17 @@ def on_cuda(trainer_kwargs):
     return torch.cuda.is_available() and str(trainer_kwargs.get("accelerator", "auto")) in ("auto", "gpu", "cuda")
 
 
-def fast_path_defaults(args, trainer_kwargs):
-    """On CUDA, unless told otherwise: the device-resident data path, mixed precision (bf16 where the GPU has it,
-    as dawn.py trained in fp16) and cuDNN autotuning (the batch shape is fixed). Returns updated copies."""
+def on_cpu(trainer_kwargs):
+    accelerator = str(trainer_kwargs.get("accelerator", "auto"))
+    return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()
+                                    and not torch.backends.mps.is_available())
+
+
+def hardware_defaults(args, trainer_kwargs):
+    """Settings that only change speed, unless given. On CUDA: the device-resident data path, mixed precision (bf16
+    where the GPU has it, as dawn.py trained in fp16) and cuDNN autotuning (the batch shape is fixed). On the CPU:
+    no DataLoader workers, as the network's own threads already use every core and a worker would only take turns
+    with them. Returns updated copies."""
     args, trainer_kwargs = argparse.Namespace(**vars(args)), dict(trainer_kwargs)
     if args.data_path == "auto":
         args.data_path = "device" if on_cuda(trainer_kwargs) else "loader"
@@ -173,6 +183,8 @@ def fast_path_defaults(args, trainer_kwargs):
         trainer_kwargs.setdefault("precision",
                                   "bf16-mixed" if torch.cuda.get_device_capability()[0] >= 8 else "16-mixed")
         trainer_kwargs.setdefault("benchmark", True)
+    if on_cpu(trainer_kwargs) and args.num_workers is None:
+        args.num_workers = 0
     return args, trainer_kwargs
 
 
@@ -235,7 +247,7 @@ def run(args, trainer_kwargs):
     """Train, test, and write the run folder; returns the summary dict."""
     wall_start = time.perf_counter()  # wall clock of the whole run: data loading, LR test, training, testing
     args = recipes.resolve(args)
-    args, trainer_kwargs = fast_path_defaults(args, trainer_kwargs)
+    args, trainer_kwargs = hardware_defaults(args, trainer_kwargs)
     check_args(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -51,6 +51,15 @@ def test_unknown_recipe_and_missing_lr_are_clear_errors(tmp_path, capsys):
         resolved("--recipe", "course", "--no-lr-find")
 
 
+def test_cpu_training_gets_the_loader_path_without_workers_unless_told_otherwise():
+    args, trainer_kwargs = train.parse_args(["--out", "unused", "--accelerator", "cpu"])
+    args, trainer_kwargs = train.hardware_defaults(args, trainer_kwargs)
+    assert (args.data_path, args.num_workers) == ("loader", 0) and "precision" not in trainer_kwargs
+    args, _ = train.hardware_defaults(*train.parse_args(["--out", "unused", "--accelerator", "cpu",
+                                                         "--num-workers", "1", "--data-path", "device"]))
+    assert (args.data_path, args.num_workers) == ("device", 1)
+
+
 def one_cycle_lrs(recipe, epochs):
     settings = {key: value for key, value in recipes.RECIPES[recipe].items()
                 if key in ("optimizer", "momentum", "weight_decay", "pct_start", "div_factor", "final_div_factor")}
@@ -84,7 +93,7 @@ def test_course_schedule_starts_at_a_hundredth_of_the_peak():
 @pytest.fixture(scope="module")
 def device_path_run(tmp_path_factory):
     out, results = tmp_path_factory.mktemp("run"), tmp_path_factory.mktemp("results")
-    argv = ["--synthetic", "--train-size", "200", "--test-size", "100", "--epochs", "2", "--batch-size", "50",
+    argv = ["--synthetic", "--train-size", "100", "--test-size", "60", "--epochs", "2", "--batch-size", "25",
             "--lr", "0.2", "--data-path", "device", "--ema", "0.9", "--seed", "5", "--out", str(out),
             "--results-dir", str(results)] + QUIET
     assert train.main(argv) == 0
@@ -107,7 +116,7 @@ def test_the_checkpoint_holds_the_tested_ema_weights_and_reproduces_both_accurac
     out, _ = device_path_run
     summary = json.loads((out / "summary.json").read_text())
     lit = LitClassifier.load_from_checkpoint(out / "last.ckpt", map_location="cpu").eval()
-    dm = CIFAR10DataModule(synthetic=True, train_size=200, test_size=100, seed=5, batch_size=100, data_path="device")
+    dm = CIFAR10DataModule(synthetic=True, train_size=100, test_size=60, seed=5, batch_size=60, data_path="device")
     dm.setup()
     (images, labels), = list(dm.test_dataloader())
     with torch.no_grad():

@@ -19,8 +19,9 @@ def run_record(seed, acc, tta, wall, recipe="dawn", device="Test GPU"):
 
 
 BENCH = {"kind": "throughput", "model": "custom_resnet", "batch_size": 64, "device": "Test CPU",
-         "data_path": "loader", "precision": "32-true", "pipeline_images_per_second": 45.5,
-         "bare_images_per_second": 50.0, "ratio": 0.91, "load_before": [1.5, 1, 1], "load_after": [2.25, 1, 1]}
+         "data_path": "loader", "num_workers": 0, "precision": "32-true", "pipeline_images_per_second": 45.5,
+         "bare_images_per_second": 50.0, "ratio": 0.91, "median_round_ratio": 0.925, "load_before": [1.5, 1, 1],
+         "load_after": [2.25, 1, 1]}
 
 
 @pytest.fixture
@@ -54,7 +55,7 @@ def test_readme_gets_both_tables_between_the_markers_and_nothing_else_changes(re
     assert "old table" not in text and text.startswith("# Title\n\n## Results\n\n" + BEGIN)
     assert text.endswith(END + "\n\n## After\ntext\n")
     assert "| dawn | custom_resnet | 24 | 3 | 95.00 ± 1.00 | 95.50 ± 1.00 | 22.0 ± 2.0 | Test GPU |" in text
-    assert "| Test CPU | custom_resnet | 64 | loader | 32-true | 45.5 | 50.0 | 0.910 | 1.50 / 2.25 |" in text
+    assert "| Test CPU | custom_resnet | 64 | loader (0) | 32-true | 45.5 | 50.0 | 0.910 | 0.925 | 1.50 / 2.25 |" in text
     assert results_table.main(["--results-dir", str(results_dir), "--readme", str(readme)]) == 0
     assert readme.read_text() == text  # regenerating is idempotent
 
