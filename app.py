@@ -328,7 +328,7 @@ def build_ui(demo, example_dir=None):
     if "test_acc" in summary:
         title += f": {summary['test_acc']:.1%} test accuracy after {summary.get('epochs', '?')} epochs"
     layers = [(f"{name} ({size})", name) for name, size in explain.GRADCAM_LAYERS[demo.model_name].items()]
-    with gr.Blocks(title="CIFAR-10 classifier") as ui:
+    with gr.Blocks(title="CIFAR-10 classifier", analytics_enabled=False) as ui:  # no usage statistics to Gradio
         gr.Markdown(f"## {title}\n{demo.data_note} Classes: {', '.join(CLASSES)}.")
         with gr.Row():
             layer = gr.Dropdown(layers, value=explain.DEFAULT_LAYERS[demo.model_name], label="GradCAM layer",
