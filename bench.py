@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 import recipes
+import checkpointing
 import train
 from model import build_model
 from utils import UsageError, atomic_write_json, describe_device
@@ -55,7 +56,8 @@ def pipeline_images_per_second(args, trainer_kwargs, datamodule, warmup, steps):
     with tempfile.TemporaryDirectory() as out:
         out = Path(out)
         clock = StepClock(warmup, warmup + steps - 1)
-        trainer = train.make_trainer(args, trainer_kwargs, out, train.EpochMetricsCSV(out / "metrics.csv"))
+        trainer = train.make_trainer(args, trainer_kwargs, out, train.EpochMetricsCSV(out / "metrics.csv"),
+                                     checkpointing.RunRecord({**vars(args), "trainer": trainer_kwargs}))
         trainer.callbacks.append(clock)
         trainer.fit(train.make_classifier(args), datamodule=datamodule)
     return args.batch_size * steps / (clock.end - clock.start)

@@ -111,6 +111,8 @@ def plot_lr_schedule(lrs, steps_per_epoch=None, title="OneCycle learning rate"):
     ax.set_ylabel("learning rate")
     ax.set_title(f"{title}: peak {max(lrs):.3g}")
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
 
 
 def plot_gradcam(images, labels, index, predicted, confidence, predicted_overlays, true_overlays, classes, layer):

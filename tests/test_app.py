@@ -62,7 +62,7 @@ def test_missing_or_broken_checkpoint_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "last.ckpt").write_bytes(b"garbage")
     assert app.main(["--checkpoint", str(tmp_path / "last.ckpt")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "not a usable checkpoint" in err and "Traceback" not in err
+    assert err.startswith("error: ") and "is not a readable checkpoint" in err and "Traceback" not in err
 
 
 def test_without_the_runs_data_it_falls_back_and_says_so(tiny_run, tmp_path, cifar_dir):
