@@ -19,12 +19,12 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-import analysis
-import explain
+import gradcam
+import utils
 from data import CLASSES, CIFAR10DataModule, make_synthetic
 from lit_classifier import load_classifier
 from model import count_parameters
-from utils import UsageError
+from plumbing.files import UsageError
 
 INPUT_SIZE = 32  # what the networks see
 DISPLAY_SIZE = 256  # the upload's crop and its GradCAM overlay are shown at this size
@@ -169,7 +169,7 @@ def prepare_upload(path):
 
 
 def check_layer(demo, layer):
-    layers = explain.GRADCAM_LAYERS[demo.model_name]
+    layers = gradcam.GRADCAM_LAYERS[demo.model_name]
     if layer not in layers:
         raise UsageError(f"{demo.model_name} has no GradCAM layer {layer!r}: choose one of {', '.join(layers)}")
 
@@ -194,14 +194,14 @@ def analyse_upload(demo, path, layer, opacity=0.5):
     check_opacity(opacity)
     upload = prepare_upload(path)
     with demo.lock:
-        probs = analysis.predict_images(demo.model, upload.model_input[None], demo.mean, demo.std)[0]
+        probs = utils.predict_images(demo.model, upload.model_input[None], demo.mean, demo.std)[0]
         top = int(probs.argmax())
-        heatmap = explain.gradcam(demo.model, analysis.to_input(upload.model_input[None], demo.mean, demo.std),
+        heatmap = gradcam.gradcam(demo.model, utils.to_input(upload.model_input[None], demo.mean, demo.std),
                                   [top], layer)[0]
     heatmap = cv2.resize(heatmap, (DISPLAY_SIZE, DISPLAY_SIZE), interpolation=cv2.INTER_LINEAR)
-    overlay = explain.overlay(upload.display[None] / 255.0, heatmap[None], image_weight=1 - opacity)[0]
+    overlay = gradcam.overlay(upload.display[None] / 255.0, heatmap[None], image_weight=1 - opacity)[0]
     status = (f"{upload.description}. Top class **{CLASSES[top]}** ({probs[top]:.1%}); GradCAM at {layer} "
-              f"({explain.GRADCAM_LAYERS[demo.model_name][layer]}) for '{CLASSES[top]}'.")
+              f"({gradcam.GRADCAM_LAYERS[demo.model_name][layer]}) for '{CLASSES[top]}'.")
     return scores(probs), overlay, enlarge(upload.model_input, DISPLAY_SIZE // INPUT_SIZE), status
 
 
@@ -216,7 +216,7 @@ def classify_batch(demo, paths):
     items = []
     if uploads:
         with demo.lock:
-            probs = analysis.predict_images(demo.model, np.stack([u.model_input for _, u in uploads]),
+            probs = utils.predict_images(demo.model, np.stack([u.model_input for _, u in uploads]),
                                             demo.mean, demo.std)
         for (name, upload), p in zip(uploads, probs):
             first, second = np.argsort(-p)[:2]
@@ -232,9 +232,9 @@ def find_mistakes(demo):
     """(index, predicted, confidence, accuracy) over the test pool, computed once."""
     with demo.lock:
         if demo.mistakes is None:
-            probs = analysis.predict_images(demo.model, demo.test_images, demo.mean, demo.std)
+            probs = utils.predict_images(demo.model, demo.test_images, demo.mean, demo.std)
             accuracy = float((probs.argmax(1) == demo.test_labels).mean())
-            demo.mistakes = (*analysis.misclassified(probs, demo.test_labels), accuracy)
+            demo.mistakes = (*utils.misclassified(probs, demo.test_labels), accuracy)
         return demo.mistakes
 
 
@@ -243,7 +243,7 @@ def mistakes_gallery(demo, count, overlay_for="none", layer=None, opacity=0.5):
     class -> (gallery of (image, caption), status)."""
     if overlay_for not in OVERLAY_CHOICES:
         raise UsageError(f"overlay must be one of {', '.join(OVERLAY_CHOICES)}, got {overlay_for!r}")
-    layer = layer or explain.DEFAULT_LAYERS[demo.model_name]
+    layer = layer or gradcam.DEFAULT_LAYERS[demo.model_name]
     check_layer(demo, layer)
     check_opacity(opacity)
     if demo.test_images is None:
@@ -255,7 +255,7 @@ def mistakes_gallery(demo, count, overlay_for="none", layer=None, opacity=0.5):
     if overlay_for != "none" and len(shown):
         targets = predicted if overlay_for == "predicted class" else demo.test_labels[shown]
         with demo.lock:
-            images = explain.gradcam_overlays(demo.model, images, targets, demo.mean, demo.std, layer,
+            images = gradcam.gradcam_overlays(demo.model, images, targets, demo.mean, demo.std, layer,
                                               image_weight=1 - opacity)
     items = [(enlarge(image, 4), f"{CLASSES[demo.test_labels[i]]} → {CLASSES[p]} {c:.0%}")
              for image, i, p, c in zip(images, shown, predicted, confidence)]
@@ -327,11 +327,11 @@ def build_ui(demo, example_dir=None):
     title = f"CIFAR-10 {demo.model_name} ({count_parameters(demo.model):,} parameters)"
     if "test_acc" in summary:
         title += f": {summary['test_acc']:.1%} test accuracy after {summary.get('epochs', '?')} epochs"
-    layers = [(f"{name} ({size})", name) for name, size in explain.GRADCAM_LAYERS[demo.model_name].items()]
+    layers = [(f"{name} ({size})", name) for name, size in gradcam.GRADCAM_LAYERS[demo.model_name].items()]
     with gr.Blocks(title="CIFAR-10 classifier", analytics_enabled=False) as ui:  # no usage statistics to Gradio
         gr.Markdown(f"## {title}\n{demo.data_note} Classes: {', '.join(CLASSES)}.")
         with gr.Row():
-            layer = gr.Dropdown(layers, value=explain.DEFAULT_LAYERS[demo.model_name], label="GradCAM layer",
+            layer = gr.Dropdown(layers, value=gradcam.DEFAULT_LAYERS[demo.model_name], label="GradCAM layer",
                                 info="deeper layers are coarser (feature-map size for a 32x32 input)")
             opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Heat-map opacity")
         with gr.Row():

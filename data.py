@@ -2,26 +2,21 @@
 
 Images are kept as uint8 arrays of shape (N, 32, 32, 3) until the transforms turn them into normalised tensors.
 """
-import hashlib
-import json
 import os
 import pickle
 import random
 from pathlib import Path
 from typing import NamedTuple
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks PyPI on import otherwise
-
-import albumentations as A
-import cv2
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from albumentations.pytorch import ToTensorV2
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from gpu_data import DeviceBatches
-from utils import UsageError, atomic_write_json
+from plumbing.files import UsageError
+from plumbing.gpu_data import DeviceBatches
+from recipes import DEFAULT
+from utils import cached_channel_stats, channel_stats, eval_transforms, train_transforms
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -29,7 +24,6 @@ CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
 FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILES = ("test_batch",)
-STATS_FILE = "channel_stats.json"
 DATA_PATHS = ("loader", "device")  # albumentations in DataLoader workers, or gpu_data.DeviceBatches on the device
 
 
@@ -168,69 +162,6 @@ def make_synthetic(n, seed=0):
     return np.clip(images, 0, 255).astype(np.uint8), labels
 
 
-# ------------------------------------------------------------------------------------------------------ statistics
-def channel_stats(images, chunk=5000):
-    """Per-channel mean and std of uint8 NHWC images, scaled to [0, 1] (float64 sums, chunked to bound memory)."""
-    total, total_sq, count = np.zeros(3), np.zeros(3), 0
-    for start in range(0, len(images), chunk):
-        pixels = images[start:start + chunk].reshape(-1, 3).astype(np.float64) / 255.0
-        total += pixels.sum(0)
-        total_sq += (pixels ** 2).sum(0)
-        count += len(pixels)
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0))
-    return tuple(mean.tolist()), tuple(std.tolist())
-
-
-def fingerprint(images) -> str:
-    return hashlib.sha1(np.ascontiguousarray(images).data).hexdigest()
-
-
-def cached_channel_stats(folder, images):
-    """Mean/std of the training split, cached in `folder/channel_stats.json` and recomputed if the data changed."""
-    path = Path(folder) / STATS_FILE
-    key = fingerprint(images)
-    try:
-        cached = json.loads(path.read_text())
-        if cached.get("fingerprint") == key:
-            return tuple(cached["mean"]), tuple(cached["std"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # no cache yet, or an unreadable one: compute afresh
-    mean, std = channel_stats(images)
-    try:
-        atomic_write_json(path, {"fingerprint": key, "images": len(images), "mean": mean, "std": std})
-    except OSError:
-        pass  # a read-only data folder only costs the recomputation next time
-    return mean, std
-
-
-# ------------------------------------------------------------------------------------------------------ transforms
-def train_transforms(mean, std, cutout=8, pad=4):
-    """Reflect-pad + random crop, horizontal flip, one cutout hole filled with the dataset mean, normalise."""
-    steps = [
-        A.PadIfNeeded(32 + 2 * pad, 32 + 2 * pad, border_mode=cv2.BORDER_REFLECT_101),
-        A.RandomCrop(32, 32),
-        A.HorizontalFlip(p=0.5),
-    ]
-    if cutout:
-        fill = tuple(round(m * 255) for m in mean)
-        steps.append(A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(cutout, cutout),
-                                     hole_width_range=(cutout, cutout), fill=fill, p=1.0))
-    steps += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
-    return A.Compose(steps)
-
-
-def eval_transforms(mean, std):
-    return A.Compose([A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()])
-
-
-def denormalize(tensor, mean, std):
-    """Normalised CHW (or NCHW) tensor -> float tensor in [0, 1], for display."""
-    mean = torch.as_tensor(mean, dtype=tensor.dtype, device=tensor.device).view(-1, 1, 1)
-    std = torch.as_tensor(std, dtype=tensor.dtype, device=tensor.device).view(-1, 1, 1)
-    return (tensor * std + mean).clamp(0, 1)
-
-
 class Draw(NamedTuple):
     """One image drawn by EpochSampler: its index and the (seed, epoch) its augmentation is drawn from."""
     index: int
@@ -314,8 +245,8 @@ class CIFAR10DataModule(pl.LightningDataModule):
     (gpu_data.DeviceBatches) instead of DataLoader workers.
     """
 
-    def __init__(self, data_dir="data", batch_size=512, synthetic=False, train_size=None, test_size=None,
-                 seed=0, cutout=8, num_workers=None, data_path="loader"):
+    def __init__(self, data_dir="data", batch_size=DEFAULT["batch_size"], synthetic=False, train_size=None,
+                 test_size=None, seed=0, cutout=DEFAULT["cutout"], num_workers=None, data_path="loader"):
         super().__init__()
         if data_path not in DATA_PATHS:
             raise UsageError(f"unknown data path {data_path!r}: choose one of {', '.join(DATA_PATHS)}")

@@ -6,9 +6,10 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from checkpointing import read_checkpoint
 from model import build_model
-from utils import UsageError
+from plumbing.checkpointing import read_checkpoint
+from plumbing.files import UsageError
+from recipes import DEFAULT
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -18,9 +19,11 @@ class LitClassifier(pl.LightningModule):
     linear down to lr / div_factor / final_div_factor. `tta=True` also logs test_acc_tta, the accuracy of the mean
     logits of each test image and its mirror image, beside the plain test_acc."""
 
-    def __init__(self, model_name="custom_resnet", num_classes=10, optimizer="sgd", lr=0.4, momentum=0.9,
-                 weight_decay=5e-4, pct_start=0.25, label_smoothing=0.0, logit_scale=0.125, div_factor=25.0,
-                 final_div_factor=1e4, tta=False):
+    # Defaults: the default recipe's values (recipes.py is their one home).
+    def __init__(self, model_name=DEFAULT["model"], num_classes=10, optimizer=DEFAULT["optimizer"], lr=DEFAULT["lr"],
+                 momentum=DEFAULT["momentum"], weight_decay=DEFAULT["weight_decay"], pct_start=DEFAULT["pct_start"],
+                 label_smoothing=DEFAULT["label_smoothing"], logit_scale=DEFAULT["logit_scale"],
+                 div_factor=DEFAULT["div_factor"], final_div_factor=DEFAULT["final_div_factor"], tta=DEFAULT["tta"]):
         super().__init__()
         if optimizer not in OPTIMIZERS:
             raise UsageError(f"unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")

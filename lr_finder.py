@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch_lr_finder import LRFinder, TrainDataLoaderIter
 
-from utils import UsageError
+from plumbing.files import UsageError
 
 SKIP_START, SKIP_END = 10, 5  # torch-lr-finder's defaults: the first steps are noise, the last ones the blow-up
 

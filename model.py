@@ -5,7 +5,7 @@ Both take normalised 3x32x32 images and return logits (no softmax), so CrossEntr
 import torch
 from torch import nn
 
-from utils import UsageError
+from plumbing.files import UsageError
 
 
 def conv_bn_relu(c_in, c_out, pool=False):

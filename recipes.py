@@ -27,7 +27,7 @@ own (test_acc_tta); test_acc stays the plain single-view accuracy. EMA of the we
 """
 import argparse
 
-from utils import UsageError
+from plumbing.files import UsageError
 
 RECIPES = {
     "dawn": dict(model="custom_resnet", epochs=24, batch_size=512, optimizer="sgd", lr=0.4, momentum=0.9,
@@ -41,6 +41,7 @@ RECIPES = {
                      logit_scale=1.0, cutout=8, lr_find=False, ema=0.0, tta=True),
 }
 DEFAULT_RECIPE = {"custom_resnet": "dawn", "resnet18": "resnet18"}
+DEFAULT = RECIPES["dawn"]  # the defaults of LitClassifier and CIFAR10DataModule
 SETTINGS = tuple(RECIPES["dawn"])
 
 

@@ -23,17 +23,15 @@ import torch
 from pytorch_lightning.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint, ModelSummary
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-import analysis
-import checkpointing
-import explain
-import plots
+import gradcam
 import recipes
-import results_table
+import utils
 from data import CIFAR10DataModule
 from lit_classifier import OPTIMIZERS, LitClassifier
 from lr_finder import find_lr
 from model import MODELS, build_model, count_parameters
-from utils import UsageError, atomic_savefig, atomic_write_json, atomic_write_text, describe_device
+from plumbing import checkpointing, records
+from plumbing.files import UsageError, atomic_savefig, atomic_write_json, atomic_write_text, describe_device
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
 # last.ckpt lives in the run folder beside the logs, so the folder is never empty: nothing to warn about.
@@ -89,30 +87,44 @@ def trainer_value(text):
     return text
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one worth reading (not None, False or a recipe's)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS) or action.help is None:
+            return action.help
+        return super()._get_help_string(action)
+
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=40, width=110)
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--recipe", help=f"one of: {', '.join(recipes.RECIPES)} (default: the model's own, see "
-                        "recipes.py); explicit flags below override its values")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
+                                     usage="%(prog)s [options] --out RUN_DIR  |  %(prog)s --resume RUN_DIR")
+    parser.add_argument("--recipe", choices=tuple(recipes.RECIPES), help="the starting hyperparameters (default: the "
+                        "model's own, see recipes.py); the flags below override single values")
     # Recipe values default to SUPPRESS: left out of the namespace, recipes.resolve fills them in.
     from_recipe = dict(default=argparse.SUPPRESS)
-    parser.add_argument("--model", help=f"one of: {', '.join(MODELS)} (default: the recipe's; custom_resnet)",
+    parser.add_argument("--model", choices=tuple(MODELS), help="ResNet-9 or ResNet-18 (default: the recipe's)",
                         **from_recipe)
-    parser.add_argument("--epochs", type=int, help="(recipe)", **from_recipe)
-    parser.add_argument("--batch-size", type=int, help="(recipe)", **from_recipe)
-    parser.add_argument("--data-dir", default="data", help="folder holding (or receiving) cifar-10-batches-py/")
+    parser.add_argument("--epochs", type=int, metavar="N", help="(recipe)", **from_recipe)
+    parser.add_argument("--batch-size", type=int, metavar="N", help="(recipe)", **from_recipe)
+    parser.add_argument("--data-dir", default="data", metavar="DIR",
+                        help="folder holding (or receiving) cifar-10-batches-py/")
     parser.add_argument("--synthetic", action="store_true", help="generated data: no download, no files")
-    parser.add_argument("--train-size", type=int, help="class-balanced subset of the training split")
-    parser.add_argument("--test-size", type=int, help="class-balanced subset of the test split")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-size", type=int, metavar="N", help="class-balanced subset of the training split")
+    parser.add_argument("--test-size", type=int, metavar="N", help="class-balanced subset of the test split")
+    parser.add_argument("--seed", type=int, default=0, metavar="N", help="seeds shuffling, augmentation and weights")
     parser.add_argument("--lr-find", action=argparse.BooleanOptionalAction, help="set the OneCycle peak LR from an "
                         "LR range test (recipe)", **from_recipe)
-    parser.add_argument("--out", help="run folder for checkpoints, metrics, summary and plots (required)")
+    parser.add_argument("--out", metavar="RUN_DIR", help="run folder for checkpoints, metrics, summary and plots")
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue the run in RUN_DIR from its last.ckpt, with the settings it started with")
-    parser.add_argument("--results-dir", help="also write a time-to-accuracy record there (see results_table.py)")
+    parser.add_argument("--results-dir", metavar="DIR",
+                        help="also write a time-to-accuracy record there (see tools/results_table.py)")
     recipe = parser.add_argument_group("recipe values (default: from the recipe)")
-    recipe.add_argument("--optimizer", help=f"one of: {', '.join(OPTIMIZERS)}", **from_recipe)
+    recipe.add_argument("--optimizer", choices=OPTIMIZERS, **from_recipe)
     recipe.add_argument("--lr", type=float, help="OneCycle peak learning rate", **from_recipe)
     recipe.add_argument("--momentum", type=float, **from_recipe)
     recipe.add_argument("--weight-decay", type=float, **from_recipe)
@@ -123,25 +135,31 @@ def build_parser():
     recipe.add_argument("--label-smoothing", type=float, **from_recipe)
     recipe.add_argument("--logit-scale", type=float, help="multiplies the logits (Page's ResNet-9 recipe: 0.125; 1 "
                         "for the plain network)", **from_recipe)
-    recipe.add_argument("--cutout", type=int, help="cutout hole size in pixels (0: none)", **from_recipe)
+    recipe.add_argument("--cutout", type=int, metavar="PIXELS", help="cutout hole size (0: none)", **from_recipe)
     recipe.add_argument("--ema", type=float, metavar="DECAY", help="evaluate, test and save an exponential moving "
-                        "average of the weights, updated every step (0: off)", **from_recipe)
+                        "average of the weights (0: off)", **from_recipe)
     recipe.add_argument("--tta", action=argparse.BooleanOptionalAction, help="also report test_acc_tta, the "
                         "accuracy with flip test-time augmentation (test_acc stays single-view)", **from_recipe)
     speed = parser.add_argument_group("speed (results do not depend on these)")
     speed.add_argument("--data-path", choices=("auto", "loader", "device"), default="auto",
                        help="loader: albumentations in DataLoader workers; device: the whole data set on the GPU, "
-                       "augmented there in batches (gpu_data.py); auto: device on CUDA, else loader")
+                       "augmented there in batches (plumbing/gpu_data.py); auto: device on CUDA, else loader")
     speed.add_argument("--compile", action="store_true", help="torch.compile the network")
-    speed.add_argument("--num-workers", type=int, help="DataLoader workers (default: none when training on the "
-                       "CPU, else one per core but the main process's)")
-    group = parser.add_argument_group("Lightning Trainer flags (passed through to pl.Trainer)")
+    speed.add_argument("--num-workers", type=int, metavar="N", help="DataLoader workers (default: none when training "
+                       "on the CPU, else one per core but the main process's)")
+    group = parser.add_argument_group(
+        "Lightning Trainer flags", "Any pl.Trainer argument, e.g. --accelerator gpu --devices 2 --strategy ddp "
+        "--precision bf16-mixed (true/false/none and numbers are converted). Each is also accepted with "
+        "underscores (--max_time).")
     for name, param in inspect.signature(pl.Trainer.__init__).parameters.items():
         if name in OWN_TRAINER_ARGS or param.kind is not inspect.Parameter.KEYWORD_ONLY:
             continue
-        flags = sorted({f"--{name}", f"--{name.replace('_', '-')}"}, key=len)
-        group.add_argument(*flags, dest=f"trainer.{name}", type=trainer_value, default=argparse.SUPPRESS,
-                           metavar="VALUE", help=f"Trainer({name}=...), default {param.default!r}")
+        dashed, dest = f"--{name.replace('_', '-')}", f"trainer.{name}"
+        group.add_argument(dashed, dest=dest, type=trainer_value, default=argparse.SUPPRESS, metavar="VALUE",
+                           help=f"default {param.default!r}")
+        if "_" in name:  # the underscore spelling works too, without a second line in --help
+            group.add_argument(f"--{name}", dest=dest, type=trainer_value, default=argparse.SUPPRESS,
+                               help=argparse.SUPPRESS)
     return parser
 
 
@@ -310,23 +328,23 @@ def run(args, trainer_kwargs):
     write_plots(lit, datamodule, metrics_csv.rows, out)
     atomic_write_json(out / "summary.json", summary)
     if args.results_dir:
-        results_table.write_record(args.results_dir, results_table.record_from_summary(summary))
+        records.write_record(args.results_dir, records.record_from_summary(summary))
     return summary
 
 
 def write_plots(lit, datamodule, rows, out):
-    atomic_savefig(plots.plot_curves(rows), out / "curves.png")
-    probs, labels = analysis.predict(lit.model, datamodule.test_dataloader())
-    index, predicted, confidence = analysis.misclassified(probs, labels)
-    figure = plots.plot_misclassified(datamodule.test_images, labels, index, predicted, confidence,
+    atomic_savefig(utils.plot_curves(rows), out / "curves.png")
+    probs, labels = utils.predict(lit.model, datamodule.test_dataloader())
+    index, predicted, confidence = utils.misclassified(probs, labels)
+    figure = utils.plot_misclassified(datamodule.test_images, labels, index, predicted, confidence,
                                       datamodule.classes)
     atomic_savefig(figure, out / "misclassified.png")
-    atomic_savefig(plots.plot_confusion(analysis.confusion_matrix(probs, labels), datamodule.classes),
+    atomic_savefig(utils.plot_confusion(utils.confusion_matrix(probs, labels), datamodule.classes),
                    out / "confusion.png")
-    shown, layer = index[:8], explain.DEFAULT_LAYERS[lit.hparams.model_name]  # gradcam.png: 8 mistakes, 3 rows
-    overlays = explain.mistake_overlays(lit.model, datamodule.test_images, labels, shown, predicted[:len(shown)],
+    shown, layer = index[:8], gradcam.DEFAULT_LAYERS[lit.hparams.model_name]  # gradcam.png: 8 mistakes, 3 rows
+    overlays = gradcam.mistake_overlays(lit.model, datamodule.test_images, labels, shown, predicted[:len(shown)],
                                         datamodule.mean, datamodule.std, layer)
-    figure = plots.plot_gradcam(datamodule.test_images, labels, shown, predicted, confidence, *overlays,
+    figure = utils.plot_gradcam(datamodule.test_images, labels, shown, predicted, confidence, *overlays,
                                 datamodule.classes, layer)
     atomic_savefig(figure, out / "gradcam.png")
 

@@ -1,66 +1,299 @@
-"""Small helpers shared by the modules: user-facing errors, atomic file writes, device description."""
-import io
+"""The design card of the course: dataset statistics, transforms, predictions and plotting.
+
+- statistics: per-channel mean/std of the training images (cached beside the data);
+- transforms: the albumentations training augmentation (reflect-pad + crop, flip, cutout) and the evaluation
+  transform, both ending in normalisation;
+- predictions: softmax outputs of a model, its most confident mistakes, the confusion matrix;
+- plotting: curves, image grids (samples, augmentations, mistakes, GradCAM), the LR schedule, the confusion matrix.
+
+Every plot function returns a matplotlib figure; the caller shows it (notebook) or saves it (train.py, app).
+"""
+import copy
+import csv
+import hashlib
 import json
+import math
 import os
-import platform
-import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks PyPI on import otherwise
+
+import albumentations as A
+import cv2
+import matplotlib
+
+matplotlib.use("Agg")  # no display needed; notebooks still show the returned figures inline
+import matplotlib.pyplot as plt
+import numpy as np
 import torch
+from albumentations.pytorch import ToTensorV2
+from torchmetrics.classification import MulticlassConfusionMatrix
+from torchmetrics.functional.classification import multiclass_confusion_matrix
+
+from plumbing.files import atomic_write_json
+
+STATS_FILE = "channel_stats.json"
 
 
-class UsageError(Exception):
-    """A problem the user can fix (bad option, missing data...). Command lines print it as one line, no traceback."""
+# ------------------------------------------------------------------------------------------------------ statistics
+def channel_stats(images, chunk=5000):
+    """Per-channel mean and std of uint8 NHWC images, scaled to [0, 1] (float64 sums, chunked to bound memory)."""
+    total, total_sq, count = np.zeros(3), np.zeros(3), 0
+    for start in range(0, len(images), chunk):
+        pixels = images[start:start + chunk].reshape(-1, 3).astype(np.float64) / 255.0
+        total += pixels.sum(0)
+        total_sq += (pixels ** 2).sum(0)
+        count += len(pixels)
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0))
+    return tuple(mean.tolist()), tuple(std.tolist())
 
 
-# The permissions a plain open() would give (mkstemp makes its files private). Read once: os.umask can only be
-# read by setting it, which is unsafe once other threads create files.
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-FILE_MODE = 0o666 & ~_UMASK
+def fingerprint(images) -> str:
+    return hashlib.sha1(np.ascontiguousarray(images).data).hexdigest()
 
 
-def atomic_write_bytes(path, data: bytes):
-    """Write to a temporary file beside `path`, fsync, then rename: a crash leaves the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def cached_channel_stats(folder, images):
+    """Mean/std of the training split, cached in `folder/channel_stats.json` and recomputed if the data changed."""
+    path = Path(folder) / STATS_FILE
+    key = fingerprint(images)
     try:
-        os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        cached = json.loads(path.read_text())
+        if cached.get("fingerprint") == key:
+            return tuple(cached["mean"]), tuple(cached["std"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no cache yet, or an unreadable one: compute afresh
+    mean, std = channel_stats(images)
+    try:
+        atomic_write_json(path, {"fingerprint": key, "images": len(images), "mean": mean, "std": std})
+    except OSError:
+        pass  # a read-only data folder only costs the recomputation next time
+    return mean, std
 
 
-def atomic_write_text(path, text: str):
-    atomic_write_bytes(path, text.encode("utf-8"))
+# ------------------------------------------------------------------------------------------------------ transforms
+def train_transforms(mean, std, cutout=8, pad=4):
+    """Reflect-pad + random crop, horizontal flip, one cutout hole filled with the dataset mean, normalise."""
+    steps = [
+        A.PadIfNeeded(32 + 2 * pad, 32 + 2 * pad, border_mode=cv2.BORDER_REFLECT_101),
+        A.RandomCrop(32, 32),
+        A.HorizontalFlip(p=0.5),
+    ]
+    if cutout:
+        fill = tuple(round(m * 255) for m in mean)
+        steps.append(A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(cutout, cutout),
+                                     hole_width_range=(cutout, cutout), fill=fill, p=1.0))
+    steps += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
+    return A.Compose(steps)
 
 
-def atomic_write_json(path, obj):
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+def eval_transforms(mean, std):
+    return A.Compose([A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()])
 
 
-def atomic_torch_save(obj, path):
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+def denormalize(tensor, mean, std):
+    """Normalised CHW (or NCHW) tensor -> float tensor in [0, 1], for display."""
+    mean = torch.as_tensor(mean, dtype=tensor.dtype, device=tensor.device).view(-1, 1, 1)
+    std = torch.as_tensor(std, dtype=tensor.dtype, device=tensor.device).view(-1, 1, 1)
+    return (tensor * std + mean).clamp(0, 1)
 
 
-def atomic_savefig(fig, path, dpi=120):
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    atomic_write_bytes(path, buffer.getvalue())
+# ----------------------------------------------------------------------------------------------------- predictions
+@contextmanager
+def eval_mode(model):
+    """Run the block with the model in eval mode, then put it back in the train/eval mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
-def describe_device(device) -> str:
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    if device.type == "mps":
-        return "Apple MPS"
-    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+def to_input(images, mean, std):
+    """uint8 HWC images -> the normalised NCHW float batch the networks take (the evaluation transform of data.py)."""
+    transform = eval_transforms(mean, std)
+    return torch.stack([transform(image=np.ascontiguousarray(image))["image"] for image in images])
+
+
+@torch.no_grad()
+def predict(model, loader, device=None):
+    """Softmax probabilities and labels for every batch of `loader`; the model's train/eval mode is restored."""
+    device = device or next(model.parameters()).device
+    probs, labels = [], []
+    with eval_mode(model):
+        for images, targets in loader:
+            probs.append(torch.softmax(model(images.to(device)).float(), dim=1).cpu())
+            labels.append(torch.as_tensor(targets))
+    return torch.cat(probs).numpy(), torch.cat(labels).numpy()
+
+
+@torch.no_grad()
+def predict_images(model, images, mean, std, batch_size=256):
+    """Softmax probabilities for uint8 HWC images (uploads, a slice of the test set), no DataLoader needed."""
+    device = next(model.parameters()).device
+    probs = []
+    with eval_mode(model):
+        for start in range(0, len(images), batch_size):
+            batch = to_input(images[start:start + batch_size], mean, std).to(device)
+            probs.append(torch.softmax(model(batch).float(), dim=1).cpu())
+    return torch.cat(probs).numpy()
+
+
+def misclassified(probs, labels):
+    """Indices of wrong predictions, most confident mistakes first; also the predicted class and its probability."""
+    predicted = probs.argmax(1)
+    wrong = np.flatnonzero(predicted != labels)
+    confidence = probs[wrong, predicted[wrong]]
+    order = np.argsort(-confidence, kind="stable")
+    return wrong[order], predicted[wrong[order]], confidence[order]
+
+
+def confusion_matrix(probs, labels):
+    """Counts of (true class, predicted class) pairs: rows are true classes, columns predictions (torchmetrics)."""
+    matrix = multiclass_confusion_matrix(torch.as_tensor(probs), torch.as_tensor(labels), num_classes=probs.shape[1])
+    return matrix.numpy()
+
+
+def per_class_accuracy(confusion):
+    """Share of each true class predicted correctly (the diagonal over the row sums); NaN for an absent class."""
+    totals = confusion.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, np.diag(confusion) / totals, np.nan)
+
+
+# -------------------------------------------------------------------------------------------------------- plotting
+def read_metrics(path):
+    """metrics.csv (one row per epoch) -> list of dicts of floats (empty cells become NaN)."""
+    with open(path, newline="") as f:
+        return [{k: float(v) if v != "" else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def plot_curves(rows):
+    """Loss and accuracy per epoch, train against validation, from metrics.csv rows (or its path)."""
+    if not isinstance(rows, list):
+        rows = read_metrics(rows)
+    epochs = [r["epoch"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric in zip(axes, ("loss", "acc")):
+        for stage in ("train", "val"):
+            ax.plot(epochs, [r[f"{stage}_{metric}"] for r in rows], marker="o", label=stage)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel({"loss": "cross-entropy", "acc": "accuracy"}[metric])
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0].set_title("Loss")
+    axes[1].set_title(f"Accuracy (last val {rows[-1]['val_acc']:.2%})" if rows else "Accuracy")
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(images, titles, ncols=5, title=None, scale=2.0):
+    """uint8 or [0, 1] float HWC images in a grid, one title each."""
+    n = len(images)
+    if n == 0:
+        fig, ax = plt.subplots(figsize=(4, 1))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "nothing to show", ha="center", va="center")
+        return fig
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(scale * ncols, scale * nrows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, text in zip(axes.flat, images, titles):
+        ax.imshow(np.asarray(image), interpolation="nearest")
+        ax.set_title(text, fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_misclassified(images, labels, index, predicted, confidence, classes, n=20):
+    """The first `n` of the mistakes chosen by analysis.misclassified, titled true -> predicted (confidence)."""
+    index = index[:n]
+    titles = [f"true {classes[labels[i]]}\npred {classes[p]} ({c:.0%})"
+              for i, p, c in zip(index, predicted[:n], confidence[:n])]
+    return image_grid(images[index], titles, title=f"Misclassified test images, most confident first "
+                                                  f"({len(index)} shown)")
+
+
+def plot_class_samples(images, labels, classes, per_class=8, seed=0):
+    """`per_class` randomly chosen images of every class, one row per class, the class named on the left."""
+    rng = np.random.default_rng(seed)
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(1.1 * per_class + 1, 1.1 * len(classes)),
+                             squeeze=False)
+    for row, name in enumerate(classes):
+        members = np.flatnonzero(np.asarray(labels) == row)
+        picked = rng.choice(members, size=min(per_class, len(members)), replace=False)
+        for ax in axes[row]:
+            ax.axis("off")
+        for ax, i in zip(axes[row], picked):
+            ax.imshow(images[i], interpolation="nearest")
+        axes[row, 0].text(-0.1, 0.5, name, transform=axes[row, 0].transAxes, ha="right", va="center")
+    fig.suptitle(f"{per_class} random training images per class")
+    fig.tight_layout()
+    return fig
+
+
+def plot_augmentations(image, transform, mean, std, n=9, seed=0):
+    """One uint8 HWC image and `n` draws of the training `transform` on it (de-normalised for display).
+
+    Works on a copy of the transform, so seeding it here leaves the training pipeline's random state alone.
+    """
+    transform = copy.deepcopy(transform)
+    transform.set_random_seed(seed)
+    views = [denormalize(transform(image=image)["image"], mean, std).permute(1, 2, 0).numpy() for _ in range(n)]
+    return image_grid([image] + views, ["original"] + [f"augmented {i + 1}" for i in range(n)],
+                      ncols=min(n + 1, 5), title=f"The training augmentation drawn {n} times on one image")
+
+
+def plot_lr_schedule(lrs, steps_per_epoch=None, title="OneCycle learning rate"):
+    """Learning rate per optimizer step (e.g. from lr_finder.onecycle_schedule), epochs on the x axis if known."""
+    steps = np.arange(len(lrs))
+    x = steps / steps_per_epoch if steps_per_epoch else steps
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(x, lrs)
+    ax.set_xlabel("epoch" if steps_per_epoch else "step")
+    ax.set_ylabel("learning rate")
+    ax.set_title(f"{title}: peak {max(lrs):.3g}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_gradcam(images, labels, index, predicted, confidence, predicted_overlays, true_overlays, classes, layer):
+    """Mistakes in columns; rows: the image, GradCAM for the predicted class, GradCAM for the true class."""
+    n = len(predicted_overlays)
+    index = index[:n]
+    titles = ([f"true {classes[labels[i]]}\npred {classes[p]} ({c:.0%})"
+               for i, p, c in zip(index, predicted[:n], confidence[:n])]
+              + [f"CAM {classes[p]} (pred)" for p in predicted[:n]]
+              + [f"CAM {classes[labels[i]]} (true)" for i in index])
+    return image_grid(list(images[index]) + list(predicted_overlays) + list(true_overlays), titles, ncols=max(n, 1),
+                      title=f"GradCAM at {layer} of the most confident mistakes: where the network looked "
+                            "for the class it chose, and for the right one")
+
+
+def plot_confusion(confusion, classes):
+    """Confusion matrix (torchmetrics' plot: rows true, columns predicted) beside the accuracy of each class."""
+    fig, (ax_matrix, ax_acc) = plt.subplots(1, 2, figsize=(15, 6.5), gridspec_kw={"width_ratios": [3, 2]})
+    MulticlassConfusionMatrix(num_classes=len(classes)).plot(
+        val=torch.as_tensor(confusion), ax=ax_matrix, labels=list(classes))
+    ax_matrix.set_title(f"Confusion matrix ({int(confusion.sum())} test images)")
+    accuracy = per_class_accuracy(confusion)
+    positions = np.arange(len(classes))
+    ax_acc.barh(positions, accuracy, color="tab:blue")
+    for y, value in zip(positions, accuracy):
+        ax_acc.text(min(value, 1.0) + 0.01 if not np.isnan(value) else 0.01, y,
+                    "n/a" if np.isnan(value) else f"{value:.0%}", va="center", fontsize=9)
+    total = np.trace(confusion) / max(confusion.sum(), 1)
+    ax_acc.axvline(total, color="k", linestyle="--", linewidth=1, label=f"overall {total:.1%}")
+    ax_acc.set(yticks=positions, yticklabels=classes, xlim=(0, 1.12), xlabel="accuracy", title="Accuracy per class")
+    ax_acc.invert_yaxis()
+    ax_acc.legend(loc="lower right")
+    ax_acc.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig

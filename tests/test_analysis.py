@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-import analysis
-import explain
-import plots
-from data import CLASSES, channel_stats, denormalize, make_synthetic
+import gradcam
+import utils
+from data import CLASSES, make_synthetic
+from utils import channel_stats, denormalize
 from model import build_model
-from utils import UsageError
+from plumbing.files import UsageError
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def random_probs(n, seed=0):
 
 
 def test_to_input_is_the_normalisation_that_denormalize_undoes(images, stats):
-    batch = analysis.to_input(images[0], *stats)
+    batch = utils.to_input(images[0], *stats)
     assert batch.shape == (12, 3, 32, 32) and batch.dtype == torch.float32
     assert abs(float(batch.mean())) < 0.1  # normalised with the images' own statistics
     restored = denormalize(batch, *stats).permute(0, 2, 3, 1).numpy()
@@ -39,11 +39,11 @@ def test_to_input_is_the_normalisation_that_denormalize_undoes(images, stats):
 def test_gradcam_overlays_shape_range_and_default_layer(name, images, stats):
     model = build_model(name)
     targets = images[1]
-    maps = explain.gradcam(model, analysis.to_input(images[0][:4], *stats), targets[:4],
-                           explain.DEFAULT_LAYERS[name])
+    maps = gradcam.gradcam(model, utils.to_input(images[0][:4], *stats), targets[:4],
+                           gradcam.DEFAULT_LAYERS[name])
     assert maps.shape == (4, 32, 32) and maps.dtype == np.float32
     assert maps.min() >= 0 and maps.max() <= 1 and maps.max() > 0
-    overlays = explain.gradcam_overlays(model, images[0][:4], targets[:4], *stats, explain.DEFAULT_LAYERS[name],
+    overlays = gradcam.gradcam_overlays(model, images[0][:4], targets[:4], *stats, gradcam.DEFAULT_LAYERS[name],
                                         batch_size=3)  # two chunks
     assert overlays.shape == (4, 32, 32, 3) and overlays.dtype == np.uint8
 
@@ -52,9 +52,9 @@ def test_overlay_is_drawn_on_the_de_normalised_rgb_image(images, stats):
     model = build_model("custom_resnet")
     pictures = images[0][:3]
     # image_weight=1: the heat map gets no weight and what is left is the picture the overlay was drawn on.
-    plain = explain.gradcam_overlays(model, pictures, [0, 1, 2], *stats, "layer2", image_weight=1.0)
+    plain = gradcam.gradcam_overlays(model, pictures, [0, 1, 2], *stats, "layer2", image_weight=1.0)
     assert np.abs(plain.astype(int) - pictures.astype(int)).max() <= 1  # RGB order kept, not normalised values
-    mixed = explain.gradcam_overlays(model, pictures, [0, 1, 2], *stats, "layer2", image_weight=0.5)
+    mixed = gradcam.gradcam_overlays(model, pictures, [0, 1, 2], *stats, "layer2", image_weight=0.5)
     assert np.abs(mixed.astype(int) - pictures.astype(int)).mean() > 10
 
 
@@ -63,9 +63,9 @@ def test_mistake_overlays_explain_the_predicted_and_the_true_class(images, stats
     pictures, labels = images
     index = np.array([0, 1, 2])
     predicted = (labels[index] + 5) % len(CLASSES)
-    for_predicted, for_true = explain.mistake_overlays(model, pictures, labels, index, predicted, *stats, "layer2")
+    for_predicted, for_true = gradcam.mistake_overlays(model, pictures, labels, index, predicted, *stats, "layer2")
     assert for_predicted.shape == for_true.shape == (3, 32, 32, 3)
-    one_by_one = explain.gradcam_overlays(model, pictures[index], labels[index], *stats, "layer2")
+    one_by_one = gradcam.gradcam_overlays(model, pictures[index], labels[index], *stats, "layer2")
     np.testing.assert_array_equal(for_true, one_by_one)
     assert not np.array_equal(for_predicted, for_true)
 
@@ -73,34 +73,35 @@ def test_mistake_overlays_explain_the_predicted_and_the_true_class(images, stats
 def test_model_state_and_batch_norm_statistics_are_left_as_found(images, stats):
     model = build_model("resnet18").train()
     running_mean = model.stem[1].running_mean.clone()
-    analysis.predict_images(model, images[0], *stats)
-    explain.gradcam_overlays(model, images[0][:2], [0, 1], *stats, "layer3")
+    utils.predict_images(model, images[0], *stats)
+    gradcam.gradcam_overlays(model, images[0][:2], [0, 1], *stats, "layer3")
     with pytest.raises(UsageError):
-        explain.gradcam_overlays(model, images[0][:2], [0, 1], *stats, "no_such_layer")
+        gradcam.gradcam_overlays(model, images[0][:2], [0, 1], *stats, "no_such_layer")
     assert model.training and all(m.training for m in model.modules())
     assert torch.equal(model.stem[1].running_mean, running_mean)  # ran in eval mode: BN statistics untouched
     model.eval()
-    analysis.predict_images(model, images[0], *stats)
-    explain.gradcam(model, analysis.to_input(images[0][:2], *stats), [0, 1], "layer4")
+    utils.predict_images(model, images[0], *stats)
+    gradcam.gradcam(model, utils.to_input(images[0][:2], *stats), [0, 1], "layer4")
     assert not any(m.training for m in model.modules())
 
 
 def test_predict_images_matches_predict_over_a_loader(images, stats):
     from torch.utils.data import DataLoader
 
-    from data import ImageArrayDataset, eval_transforms
+    from data import ImageArrayDataset
+    from utils import eval_transforms
     model = build_model("custom_resnet")
     pictures, labels = images
     loader = DataLoader(ImageArrayDataset(pictures, labels, eval_transforms(*stats)), batch_size=5)
-    probs, seen_labels = analysis.predict(model, loader)
-    np.testing.assert_allclose(analysis.predict_images(model, pictures, *stats, batch_size=7), probs, atol=1e-5)
+    probs, seen_labels = utils.predict(model, loader)
+    np.testing.assert_allclose(utils.predict_images(model, pictures, *stats, batch_size=7), probs, atol=1e-5)
     np.testing.assert_array_equal(seen_labels, labels)
     np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
 
 
 def test_misclassified_are_really_wrong_and_most_confident_first():
     probs, labels = random_probs(500)
-    index, predicted, confidence = analysis.misclassified(probs, labels)
+    index, predicted, confidence = utils.misclassified(probs, labels)
     wrong = probs.argmax(1) != labels
     assert len(index) == wrong.sum() > 0 and set(index) == set(np.flatnonzero(wrong))
     assert np.all(predicted != labels[index]) and np.array_equal(predicted, probs[index].argmax(1))
@@ -111,14 +112,14 @@ def test_misclassified_are_really_wrong_and_most_confident_first():
 def test_confusion_matrix_counts_every_image_once():
     probs, labels = random_probs(300, seed=1)
     predicted = probs.argmax(1)
-    confusion = analysis.confusion_matrix(probs, labels)
+    confusion = utils.confusion_matrix(probs, labels)
     assert confusion.shape == (10, 10) and confusion.sum() == 300
     np.testing.assert_array_equal(confusion.sum(1), np.bincount(labels, minlength=10))  # rows: true classes
     np.testing.assert_array_equal(confusion.sum(0), np.bincount(predicted, minlength=10))  # columns: predictions
     assert np.trace(confusion) == (predicted == labels).sum()
     t, p = labels[0], predicted[0]
     assert confusion[t, p] == ((labels == t) & (predicted == p)).sum()
-    accuracy = analysis.per_class_accuracy(confusion)
+    accuracy = utils.per_class_accuracy(confusion)
     for c in range(10):
         assert accuracy[c] == pytest.approx((predicted[labels == c] == c).mean())
 
@@ -126,18 +127,18 @@ def test_confusion_matrix_counts_every_image_once():
 def test_per_class_accuracy_of_an_absent_class_is_nan():
     confusion = np.zeros((10, 10), np.int64)
     confusion[0, 0], confusion[1, 0] = 3, 1
-    accuracy = analysis.per_class_accuracy(confusion)
+    accuracy = utils.per_class_accuracy(confusion)
     assert accuracy[0] == 1 and accuracy[1] == 0 and np.isnan(accuracy[2:]).all()
 
 
 def test_figures_name_the_classes(images):
     pictures, labels = images
     probs, _ = random_probs(12, seed=2)
-    index, predicted, confidence = analysis.misclassified(probs, labels)
+    index, predicted, confidence = utils.misclassified(probs, labels)
     overlays = pictures[index[:3]]
-    fig = plots.plot_gradcam(pictures, labels, index, predicted, confidence, overlays, overlays, CLASSES, "layer2")
+    fig = utils.plot_gradcam(pictures, labels, index, predicted, confidence, overlays, overlays, CLASSES, "layer2")
     titles = [ax.get_title() for ax in fig.axes]
     assert len(titles) == 9 and titles[0].startswith(f"true {CLASSES[labels[index[0]]]}")
     assert titles[3] == f"CAM {CLASSES[predicted[0]]} (pred)" and titles[6] == f"CAM {CLASSES[labels[index[0]]]} (true)"
-    fig = plots.plot_confusion(analysis.confusion_matrix(probs, labels), CLASSES)
+    fig = utils.plot_confusion(utils.confusion_matrix(probs, labels), CLASSES)
     assert [t.get_text() for t in fig.axes[1].get_yticklabels()] == list(CLASSES)

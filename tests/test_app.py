@@ -9,7 +9,7 @@ from PIL import Image
 
 import app
 from data import CIFAR10DataModule, CLASSES
-from utils import UsageError
+from plumbing.files import UsageError
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import checkpointing
+from plumbing import checkpointing
 import recipes
 import train
-from checkpointing import AtomicCheckpointIO, SeedEachEpoch
+from plumbing.checkpointing import AtomicCheckpointIO, SeedEachEpoch
 from data import CIFAR10DataModule
 from lit_classifier import LitClassifier, load_classifier
 from lr_finder import find_lr
-from utils import FILE_MODE, UsageError, atomic_write_json, atomic_write_text
+from plumbing.files import FILE_MODE, UsageError, atomic_write_json, atomic_write_text
 
 WEIGHTS = 2_000_000  # 8 MB of float32 per checkpoint: a write takes long enough for kills to land inside it
 ROWS = 20_000

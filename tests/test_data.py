@@ -6,9 +6,10 @@ import pytest
 import torch
 
 import data
-from data import (CIFAR10DataModule, balanced_subset, cached_channel_stats, channel_stats, load_cifar10,
-                  make_synthetic, read_batch, eval_transforms, train_transforms)
-from utils import UsageError
+import utils
+from data import CIFAR10DataModule, balanced_subset, load_cifar10, make_synthetic, read_batch
+from utils import cached_channel_stats, channel_stats, eval_transforms, train_transforms
+from plumbing.files import UsageError
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
 
@@ -46,12 +47,12 @@ def test_channel_stats_match_numpy():
 def test_stats_are_cached_and_recomputed_when_data_changes(tmp_path):
     images, _ = make_synthetic(100, seed=0)
     first = cached_channel_stats(tmp_path, images)
-    cache = json.loads((tmp_path / data.STATS_FILE).read_text())
+    cache = json.loads((tmp_path / utils.STATS_FILE).read_text())
     assert cache["mean"] == list(first[0])
     other = make_synthetic(100, seed=9)[0]
     second = cached_channel_stats(tmp_path, other)
     np.testing.assert_allclose(second[0], channel_stats(other)[0])
-    assert json.loads((tmp_path / data.STATS_FILE).read_text())["fingerprint"] != cache["fingerprint"]
+    assert json.loads((tmp_path / utils.STATS_FILE).read_text())["fingerprint"] != cache["fingerprint"]
 
 
 def test_train_transform_crops_flips_and_cuts_out():
@@ -122,7 +123,7 @@ def test_datamodule_subsets_real_folder(cifar_dir):
     dm.setup()
     assert np.bincount(dm.train_labels).tolist() == [10] * 10
     assert len(dm.test_labels) == 30
-    assert (cifar_dir / "cifar-10-batches-py" / data.STATS_FILE).exists()
+    assert (cifar_dir / "cifar-10-batches-py" / utils.STATS_FILE).exists()
 
 
 def test_missing_folder_without_network_is_a_clear_error(tmp_path):

@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 
 import data
+import utils
 import train
-from data import FOLDER, CIFAR10DataModule, channel_stats, download_cifar10, make_synthetic, write_cifar_folder
-from utils import UsageError
+from data import FOLDER, CIFAR10DataModule, download_cifar10, make_synthetic, write_cifar_folder
+from utils import channel_stats
+from plumbing.files import UsageError
 
 OFFLINE = "http://127.0.0.1:9/cifar-10-python.tar.gz"  # the discard port: connection refused at once
 
@@ -125,7 +127,7 @@ def test_stale_or_broken_stats_cache_is_recomputed(tmp_path, damage):
     assert stats_of(*first) == pytest.approx(channel_stats(first[0])[0])
     other = make_synthetic(60, seed=7)  # the folder's data change under the cache
     assert stats_of(*other) == pytest.approx(channel_stats(other[0])[0])
-    cache = tmp_path / FOLDER / data.STATS_FILE
+    cache = tmp_path / FOLDER / utils.STATS_FILE
     assert json.loads(cache.read_text())["mean"] == pytest.approx(channel_stats(other[0])[0])
     cache.write_text(damage(cache.read_text()))
     assert stats_of(*other) == pytest.approx(channel_stats(other[0])[0])

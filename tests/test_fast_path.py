@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-import bench
+from tools import bench
 import recipes
 import train
 from data import CIFAR10DataModule, make_synthetic
-from gpu_data import DeviceBatches
+from plumbing.gpu_data import DeviceBatches
 from lit_classifier import LitClassifier
 from lr_finder import find_lr
-from utils import UsageError
+from plumbing.files import UsageError
 
 QUIET = ["--enable-progress-bar", "false", "--num-workers", "0"]
 STEPS_PER_EPOCH = 98  # 50,000 images at batch 512

@@ -9,8 +9,9 @@ import pytest
 import torch
 from scipy import stats
 
-from data import CIFAR10DataModule, eval_transforms, make_synthetic, train_transforms
-from gpu_data import DeviceBatches
+from data import CIFAR10DataModule, make_synthetic
+from utils import eval_transforms, train_transforms
+from plumbing.gpu_data import DeviceBatches
 
 SAMPLES = 3000
 PAD, HOLE = 4, 8
@@ -155,6 +156,6 @@ def test_datamodule_device_path_serves_each_image_once_per_epoch_in_a_new_order(
 
 
 def test_unknown_data_path_is_a_usage_error():
-    from utils import UsageError
+    from plumbing.files import UsageError
     with pytest.raises(UsageError, match="unknown data path 'gpu'"):
         CIFAR10DataModule(synthetic=True, data_path="gpu")

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from model import CustomResNet, ResBlock, ResNet18, build_model, count_parameters
-from utils import UsageError
+from plumbing.files import UsageError
 
 
 @pytest.mark.parametrize("cls, params", [(CustomResNet, 6_573_130), (ResNet18, 11_173_962)])

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from data import CLASSES, train_transforms
+from data import CLASSES
+from utils import train_transforms
 from lit_classifier import LitClassifier
 from lr_finder import onecycle_schedule
-from plots import plot_augmentations, plot_class_samples, plot_lr_schedule
+from utils import plot_augmentations, plot_class_samples, plot_lr_schedule
 
 MEAN, STD = (0.2, 0.5, 0.7), (0.25, 0.25, 0.25)
 
@@ -52,7 +53,7 @@ def test_augmentation_preview_shows_the_original_and_seeded_draws_with_a_cutout_
 
 
 def test_onecycle_schedule_is_the_modules_own_and_leaves_it_untouched():
-    lit = LitClassifier("custom_resnet", lr=0.3, pct_start=0.25)
+    lit = LitClassifier("custom_resnet", lr=0.3, pct_start=0.25, div_factor=25)
     before = [p.detach().clone() for p in lit.parameters()]
     lrs = onecycle_schedule(lit, 200)
     assert len(lrs) == 200

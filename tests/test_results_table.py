@@ -3,9 +3,10 @@ import json
 
 import pytest
 
-import results_table
-from results_table import BEGIN, END
-from utils import UsageError
+from plumbing import records
+from tools import results_table
+from tools.results_table import BEGIN, END
+from plumbing.files import UsageError
 
 README = f"# Title\n\n## Results\n\n{BEGIN}\nold table\n{END}\n\n## After\ntext\n"
 
@@ -28,9 +29,9 @@ BENCH = {"kind": "throughput", "model": "custom_resnet", "batch_size": 64, "devi
 def results_dir(tmp_path):
     folder = tmp_path / "results"
     for seed, (acc, tta, wall) in enumerate([(0.94, 0.945, 20.0), (0.95, 0.955, 22.0), (0.96, 0.965, 24.0)]):
-        results_table.write_record(folder, run_record(seed, acc, tta, wall))
-    results_table.write_record(folder, run_record(0, 0.9, None, 30.0, recipe="course"))
-    results_table.write_record(folder, {**run_record(1, 0.93, 0.94, 4.0, recipe="airbench94"),
+        records.write_record(folder, run_record(seed, acc, tta, wall))
+    records.write_record(folder, run_record(0, 0.9, None, 30.0, recipe="course"))
+    records.write_record(folder, {**run_record(1, 0.93, 0.94, 4.0, recipe="airbench94"),
                                         "tta": "mirror+translate"})
     (folder / "bench_cpu_test.json").write_text(json.dumps(BENCH))
     return folder
@@ -66,7 +67,7 @@ def test_no_runs_yet_says_so(tmp_path):
 
 
 def test_rerunning_a_setting_and_seed_replaces_its_file(results_dir):
-    results_table.write_record(results_dir, run_record(0, 0.97, 0.97, 20.0))
+    records.write_record(results_dir, run_record(0, 0.97, 0.97, 20.0))
     rows = results_table.run_rows(results_table.load_records(results_dir)["time_to_accuracy"])
     assert rows[2]["seeds"] == 3 and rows[2]["test_acc"] == "96.00 ± 1.00"
 

@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-import analysis
+import utils
 import train
 from data import CIFAR10DataModule
 from lit_classifier import LitClassifier
@@ -62,7 +62,7 @@ def test_checkpoint_reproduces_reported_accuracy(synthetic_run):
     lit = LitClassifier.load_from_checkpoint(synthetic_run / "last.ckpt", map_location="cpu")
     dm = CIFAR10DataModule(synthetic=True, train_size=500, test_size=200, seed=3, batch_size=64, num_workers=0)
     dm.setup()
-    probs, labels = analysis.predict(lit.model, dm.test_dataloader())
+    probs, labels = utils.predict(lit.model, dm.test_dataloader())
     summary = json.loads((synthetic_run / "summary.json").read_text())
     assert float((probs.argmax(1) == labels).mean()) == pytest.approx(summary["test_acc"], abs=1e-6)
 

@@ -1,6 +1,6 @@
 """The README's screenshot of the demo app: one upload with its prediction and GradCAM, and the gallery of mistakes.
 
-    python screenshot_app.py --checkpoint RUN_DIR/last.ckpt --image photo.jpg [--out images/app_demo.png]
+    python tools/screenshot_app.py --checkpoint RUN_DIR/last.ckpt --image photo.jpg [--out images/app_demo.png]
 
 Launches app.py's UI on localhost and drives it with headless Debian chromium (apt-get install chromium) through
 playwright, as tests/test_app_browser.py does.
@@ -9,9 +9,13 @@ import argparse
 import socket
 import sys
 import tempfile
+from pathlib import Path
 
-import app
-from utils import UsageError, atomic_write_bytes
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the project's modules, when run as python tools/NAME.py
+
+import app  # noqa: E402
+from plumbing.files import UsageError, atomic_write_bytes  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

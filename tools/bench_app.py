@@ -1,6 +1,6 @@
 """Latency of the demo app on the CPU, per upload: one image, a batch of uploads, and one upload through HTTP.
 
-    python bench_app.py [--checkpoint RUN_DIR/last.ckpt] [--repeats 20] [--threads N] [--out results/app_latency.json]
+    python tools/bench_app.py [--checkpoint RUN_DIR/last.ckpt] [--repeats 20] [--threads N] [--out results/app_latency.json]
 
 Without --checkpoint both models run with fresh weights (latency does not depend on the weights). The uploads are
 images the project generates (data.make_synthetic, enlarged to photo sizes and saved as JPEG/PNG).
@@ -20,12 +20,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-import analysis
-import app
-import explain
-from data import make_synthetic
-from model import MODELS, build_model
-from utils import atomic_write_json, describe_device
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the project's modules, when run as python tools/NAME.py
+
+import app  # noqa: E402
+import gradcam  # noqa: E402
+import utils  # noqa: E402
+from data import make_synthetic  # noqa: E402
+from model import MODELS, build_model  # noqa: E402
+from plumbing.files import atomic_write_json, describe_device  # noqa: E402
 
 
 def timings_ms(fn, repeats, warmup=2):
@@ -57,7 +60,7 @@ def free_port():
 
 
 def bench_demo(demo, folder, repeats, batch_size):
-    layer = explain.DEFAULT_LAYERS[demo.model_name]
+    layer = gradcam.DEFAULT_LAYERS[demo.model_name]
     photo = write_uploads(folder, 1, (640, 480), "jpg")[0]
     phone = write_uploads(folder, 1, (4000, 3000), "jpg")[0]
     big_png = write_uploads(folder, 1, (6000, 6000), "png")[0]
@@ -66,9 +69,9 @@ def bench_demo(demo, folder, repeats, batch_size):
     inputs = np.stack([app.prepare_upload(p).model_input for p in batch])
     results = {
         "predict_only_1_image": timings_ms(
-            lambda: analysis.predict_images(demo.model, model_input, demo.mean, demo.std), repeats),
+            lambda: utils.predict_images(demo.model, model_input, demo.mean, demo.std), repeats),
         f"predict_only_{batch_size}_images": timings_ms(
-            lambda: analysis.predict_images(demo.model, inputs, demo.mean, demo.std), repeats),
+            lambda: utils.predict_images(demo.model, inputs, demo.mean, demo.std), repeats),
         "upload_640x480_jpeg": timings_ms(lambda: app.analyse_upload(demo, photo, layer), repeats),
         "upload_4000x3000_jpeg": timings_ms(lambda: app.analyse_upload(demo, phone, layer), max(3, repeats // 4)),
         "upload_6000x6000_png": timings_ms(lambda: app.analyse_upload(demo, big_png, layer), 3, warmup=1),
@@ -88,7 +91,7 @@ def bench_http(demo, folder, repeats):
     _, url, _ = ui.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
         client = Client(url, verbose=False)
-        layer = explain.DEFAULT_LAYERS[demo.model_name]
+        layer = gradcam.DEFAULT_LAYERS[demo.model_name]
         return timings_ms(lambda: client.predict(handle_file(str(photo)), layer, 0.5, api_name="/analyse"), repeats)
     finally:
         ui.close()

@@ -1,6 +1,6 @@
 """Training throughput of the whole pipeline against a bare PyTorch loop, in the same process.
 
-    python bench.py --model custom_resnet --batch-size 64 --steps 20 [--device cpu|cuda] [--data-path loader|device]
+    python tools/bench.py --model custom_resnet --batch-size 64 --steps 20 [--device cpu|cuda] [--data-path loader|device]
                     [--precision 32-true|bf16-mixed] [--compile] [--rounds 3] --out results/bench_cpu.json
 
 "pipeline" is train.py's own training: the DataModule with the chosen data path, the LitClassifier, the Trainer
@@ -22,11 +22,14 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-import recipes
-import checkpointing
-import train
-from model import build_model
-from utils import UsageError, atomic_write_json, describe_device
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the project's modules, when run as python tools/NAME.py
+
+import recipes  # noqa: E402
+import train  # noqa: E402
+from model import build_model  # noqa: E402
+from plumbing import checkpointing  # noqa: E402
+from plumbing.files import UsageError, atomic_write_json, describe_device  # noqa: E402
 
 
 def synchronize(device):

@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from utils import UsageError, atomic_torch_save
+from plumbing.files import UsageError, atomic_torch_save
 
 CHECKPOINT = "last.ckpt"
 # Options that say where the data is or how it is read and shown, never what is computed: a resume may change them.

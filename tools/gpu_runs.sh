@@ -4,15 +4,15 @@
 #
 # 1. Here, on a machine with the package registry and ../shared (nothing of it is committed: .devdata/ and .whl/ are
 #    git-ignored; together about 60 MB, under the device tool's 64 MiB):
-#        bash scripts/gpu_runs.sh prepare
+#        bash tools/gpu_runs.sh prepare
 # 2. On the GPU machine, through the device tool, with carry [".devdata", ".whl"]; each call one or more groups,
 #    each call under 10 minutes (SEEDS="0" or "1 2" splits a group over calls):
-#        bash scripts/gpu_runs.sh setup dawn airbench bench
-#        bash scripts/gpu_runs.sh setup course
-#        SEEDS="0 1" bash scripts/gpu_runs.sh setup resnet18
-#        bash scripts/gpu_runs.sh setup fast 10        # the dawn recipe shortened to 10 epochs, compiled
+#        bash tools/gpu_runs.sh setup dawn airbench bench
+#        bash tools/gpu_runs.sh setup course
+#        SEEDS="0 1" bash tools/gpu_runs.sh setup resnet18
+#        bash tools/gpu_runs.sh setup fast 10        # the dawn recipe shortened to 10 epochs, compiled
 #    results/*.json come back as $OUT/results.tgz, refreshed after every run (a timed-out call keeps what ended).
-# 3. Here: tar xzf FILES_AT/results.tgz && python results_table.py && git add results README.md
+# 3. Here: tar xzf FILES_AT/results.tgz && python tools/results_table.py && git add results README.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEEDS="${SEEDS:-0 1 2}"
@@ -65,10 +65,10 @@ while [ $# -gt 0 ]; do
         setup) setup ;;
         dawn|course|resnet18) train_seeds "$group" --recipe "$group" ;;
         fast) epochs=$1; shift; train_seeds "dawn-${epochs}ep" --recipe dawn --epochs "$epochs" --compile ;;
-        airbench) "$PY" scripts/airbench_reference.py --data-dir data --seeds $SEEDS --results-dir results; send_back ;;
+        airbench) "$PY" tools/airbench_reference.py --data-dir data --seeds $SEEDS --results-dir results; send_back ;;
         bench)
-            "$PY" bench.py --device cuda --batch-size 512 --steps 50 --out results/bench_cuda.json
-            "$PY" bench.py --device cuda --batch-size 512 --steps 50 --compile --out results/bench_cuda_compiled.json
+            "$PY" tools/bench.py --device cuda --batch-size 512 --steps 50 --out results/bench_cuda.json
+            "$PY" tools/bench.py --device cuda --batch-size 512 --steps 50 --compile --out results/bench_cuda_compiled.json
             send_back ;;
         *) echo "unknown group $group: prepare, setup, dawn, course, resnet18, fast EPOCHS, airbench, bench" >&2
            exit 2 ;;

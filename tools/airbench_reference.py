@@ -1,7 +1,7 @@
 """airbench94 (Keller Jordan's cifar10-airbench, pip package airbench 0.1.8) on the same data as train.py, as the
-reference in the README's results table. Needs a CUDA GPU and the airbench package (scripts/gpu_runs.sh carries it).
+reference in the README's results table. Needs a CUDA GPU and the airbench package (tools/gpu_runs.sh carries it).
 
-    python scripts/airbench_reference.py --data-dir data --seeds 0 1 2 --results-dir results
+    python tools/airbench_reference.py --data-dir data --seeds 0 1 2 --results-dir results
 
 airbench reads CIFAR-10 from cifar10/train.pt and cifar10/test.pt under the working directory (and would download
 the official files through torchvision if they were missing): this script writes those from --data-dir first, so
@@ -22,8 +22,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from data import CLASSES, load_cifar10  # noqa: E402
-from results_table import RUN, write_record  # noqa: E402
-from utils import describe_device  # noqa: E402
+from plumbing.files import describe_device  # noqa: E402
+from plumbing.records import RUN, write_record  # noqa: E402
 
 
 def write_airbench_data(data, folder):

@@ -4,8 +4,8 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from analysis import eval_mode, to_input
-from utils import UsageError
+from plumbing.files import UsageError
+from utils import eval_mode, to_input
 
 # Layers worth looking at, deepest first, with their feature-map size for 32x32 inputs.
 GRADCAM_LAYERS = {

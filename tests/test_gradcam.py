@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from explain import GRADCAM_LAYERS, gradcam, overlay
+from gradcam import GRADCAM_LAYERS, gradcam, overlay
 from model import build_model
-from utils import UsageError
+from plumbing.files import UsageError
 
 
 @pytest.mark.parametrize("name", ["custom_resnet", "resnet18"])

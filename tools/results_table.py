@@ -1,56 +1,27 @@
 """Result records in results/*.json and the README tables made from them (nothing in those tables is typed by hand).
 
-    python results_table.py [--results-dir results] [--readme README.md]
+    python tools/results_table.py [--results-dir results] [--readme README.md]
 
-Two kinds of record: time-to-accuracy runs (train.py --results-dir, scripts/airbench_reference.py), one file per
-run, averaged over seeds here; and throughput benchmarks (bench.py).
+Two kinds of record: time-to-accuracy runs (train.py --results-dir, tools/airbench_reference.py), one file per
+run, averaged over seeds here; and throughput benchmarks (tools/bench.py).
 """
 import argparse
 import json
-import re
 import statistics
 import sys
 from pathlib import Path
 
-from utils import UsageError, atomic_write_json, atomic_write_text
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-RUN, THROUGHPUT = "time_to_accuracy", "throughput"
-RUN_KEYS = ("recipe", "model", "epochs", "batch_size", "seed", "device", "data", "train_images", "test_images",
-            "data_path", "precision", "compile", "test_acc", "test_acc_tta", "wall_seconds", "train_seconds", "torch")
+from plumbing.files import UsageError, atomic_write_text  # noqa: E402
+from plumbing.records import RUN, RUN_KEYS, THROUGHPUT  # noqa: E402
+
 # Runs that differ only in the seed are one row of the table.
 GROUP_KEYS = ("recipe", "model", "epochs", "batch_size", "device", "data", "train_images", "test_images",
               "data_path", "precision", "compile", "torch")
-BEGIN = "<!-- results tables: written by `python results_table.py` from results/*.json, not by hand -->"
+BEGIN = "<!-- results tables: written by `python tools/results_table.py` from results/*.json, not by hand -->"
 END = "<!-- end of results tables -->"
-
-
-def record_from_summary(summary):
-    """The time-to-accuracy record of one train.py run (its summary.json)."""
-    return {
-        "kind": RUN,
-        **{key: summary.get(key) for key in RUN_KEYS if key in summary},
-        "data": summary["data"].split(" in ")[0],  # the data set, not the folder it was read from
-        "compile": bool(summary["settings"].get("compile", False)),
-        "test_acc_tta": summary.get("test_acc_tta"),
-        "torch": summary["versions"]["torch"],
-        "lightning": summary["versions"]["pytorch_lightning"],
-    }
-
-
-def slug(text):
-    return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-")
-
-
-def write_record(folder, record):
-    """results/RECIPE-MODEL-Nep-seedS-DEVICE.json; a rerun of the same setting and seed replaces its file."""
-    missing = [key for key in RUN_KEYS if key not in record]
-    if missing:
-        raise ValueError(f"a time-to-accuracy record needs {', '.join(missing)}")
-    name = f"{slug(record['recipe'])}-{slug(record['model'])}-{slug(record['epochs'])}ep-seed{record['seed']}-" \
-           f"{slug(record['device'])}.json"
-    path = Path(folder) / name
-    atomic_write_json(path, record)
-    return path
 
 
 def load_records(folder):
@@ -125,14 +96,14 @@ def tables(found):
              "included."]
     runs = run_rows(found[RUN])
     parts.append(markdown(RUN_COLUMNS, runs) if runs else
-                 "No runs recorded yet: `scripts/gpu_runs.sh` makes them on a GPU.")
+                 "No runs recorded yet: `tools/gpu_runs.sh` makes them on a GPU.")
     bench = [{**b, "pipeline": f"{b['pipeline_images_per_second']:.1f}", "bare": f"{b['bare_images_per_second']:.1f}",
               "data": f"{b['data_path']} ({b['num_workers']})", "ratio": f"{b['ratio']:.3f}",
               "round_ratio": f"{b['median_round_ratio']:.3f}",
               "load": f"{b['load_before'][0]:.2f} / {b['load_after'][0]:.2f}"}
              for b in sorted(found[THROUGHPUT], key=lambda b: (b["device"], b["model"], b["batch_size"]))]
     if bench:
-        parts.append("Throughput (`bench.py`): training images per second of the whole pipeline (Lightning, "
+        parts.append("Throughput (`tools/bench.py`): training images per second of the whole pipeline (Lightning, "
                      "data path, logging, callbacks) against a bare PyTorch loop over the same model and batch, "
                      "in alternating rounds of one process; the load average shows how busy the machine was with "
                      "other work.")

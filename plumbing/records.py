@@ -1,0 +1,39 @@
+"""Result records: one JSON file per timed run (train.py --results-dir, tools/airbench_reference.py) or benchmark
+(tools/bench.py) in results/; tools/results_table.py turns them into the README's tables."""
+import re
+from pathlib import Path
+
+from plumbing.files import atomic_write_json
+
+RUN, THROUGHPUT = "time_to_accuracy", "throughput"
+RUN_KEYS = ("recipe", "model", "epochs", "batch_size", "seed", "device", "data", "train_images", "test_images",
+            "data_path", "precision", "compile", "test_acc", "test_acc_tta", "wall_seconds", "train_seconds", "torch")
+
+
+def record_from_summary(summary):
+    """The time-to-accuracy record of one train.py run (its summary.json)."""
+    return {
+        "kind": RUN,
+        **{key: summary.get(key) for key in RUN_KEYS if key in summary},
+        "data": summary["data"].split(" in ")[0],  # the data set, not the folder it was read from
+        "compile": bool(summary["settings"].get("compile", False)),
+        "test_acc_tta": summary.get("test_acc_tta"),
+        "torch": summary["versions"]["torch"],
+        "lightning": summary["versions"]["pytorch_lightning"],
+    }
+
+
+def slug(text):
+    return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-")
+
+
+def write_record(folder, record):
+    """results/RECIPE-MODEL-Nep-seedS-DEVICE.json; a rerun of the same setting and seed replaces its file."""
+    missing = [key for key in RUN_KEYS if key not in record]
+    if missing:
+        raise ValueError(f"a time-to-accuracy record needs {', '.join(missing)}")
+    name = f"{slug(record['recipe'])}-{slug(record['model'])}-{slug(record['epochs'])}ep-seed{record['seed']}-" \
+           f"{slug(record['device'])}.json"
+    path = Path(folder) / name
+    atomic_write_json(path, record)
+    return path

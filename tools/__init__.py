@@ -1,0 +1,1 @@
+"""Developer tools, not lessons: benchmarks, the results tables, the app screenshot and the GPU runs."""
