@@ -102,8 +102,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
                                      usage="%(prog)s [options] --out RUN_DIR  |  %(prog)s --resume RUN_DIR")
-    parser.add_argument("--recipe", choices=tuple(recipes.RECIPES), help="the starting hyperparameters (default: the "
-                        "model's own, see recipes.py); the flags below override single values")
+    parser.add_argument("--recipe", metavar="NAME", help=f"the starting hyperparameters: {', '.join(recipes.RECIPES)} "
+                        "(default: the model's own, see recipes.py); the flags below override single values")
     # Recipe values default to SUPPRESS: left out of the namespace, recipes.resolve fills them in.
     from_recipe = dict(default=argparse.SUPPRESS)
     parser.add_argument("--model", choices=tuple(MODELS), help="ResNet-9 or ResNet-18 (default: the recipe's)",
