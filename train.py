@@ -106,8 +106,8 @@ def build_parser():
                         "(default: the model's own, see recipes.py); the flags below override single values")
     # Recipe values default to SUPPRESS: left out of the namespace, recipes.resolve fills them in.
     from_recipe = dict(default=argparse.SUPPRESS)
-    parser.add_argument("--model", choices=tuple(MODELS), help="ResNet-9 or ResNet-18 (default: the recipe's)",
-                        **from_recipe)
+    parser.add_argument("--model", metavar="NAME", help=f"{' or '.join(MODELS)} (ResNet-9 or ResNet-18; default: the "
+                        "recipe's)", **from_recipe)
     parser.add_argument("--epochs", type=int, metavar="N", help="(recipe)", **from_recipe)
     parser.add_argument("--batch-size", type=int, metavar="N", help="(recipe)", **from_recipe)
     parser.add_argument("--data-dir", default="data", metavar="DIR",
