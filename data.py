@@ -330,3 +330,6 @@ class CIFAR10DataModule(pl.LightningDataModule):
 
     def test_dataloader(self):
         return self._loader(self.test_set, shuffle=False)
+
+    def predict_dataloader(self):
+        return self._loader(self.test_set, shuffle=False)

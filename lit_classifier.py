@@ -1,4 +1,5 @@
 """The LightningModule: any model of model.py trained with cross-entropy, SGD-Nesterov or Adam and OneCycleLR."""
+import inspect
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -40,6 +41,15 @@ class LitClassifier(pl.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.test_acc_tta = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
 
+    @classmethod
+    def from_settings(cls, settings, **overrides):
+        """A LitClassifier from a recipe (recipes.RECIPES[name]) or any dict of run settings: the keys this class
+        takes are used ("model" is the model name), the others (epochs, batch size, cutout...) are not its business."""
+        settings = {**dict(settings), **overrides}
+        settings.setdefault("model_name", settings.get("model", DEFAULT["model"]))
+        names = inspect.signature(cls.__init__).parameters
+        return cls(**{key: value for key, value in settings.items() if key in names and key != "self"})
+
     def forward(self, x):
         return self.model(x)
 
@@ -64,6 +74,11 @@ class LitClassifier(pl.LightningModule):
             images, labels = batch
             self.test_acc_tta((logits + self(images.flip(3))) / 2, labels)
             self.log("test_acc_tta", self.test_acc_tta, on_step=False, on_epoch=True)
+
+    def predict_step(self, batch, batch_idx):
+        """Softmax probabilities of a batch (trainer.predict runs it on the training device and precision)."""
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return torch.softmax(self(images).float(), dim=1)
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -1,24 +1,24 @@
 """LR range test (Leslie Smith) with torch-lr-finder: the suggested LR becomes the OneCycle peak."""
 import copy
+import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display needed; notebooks still show the returned figure inline
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure  # a figure outside pyplot: shown once where it is returned
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from torch_lr_finder import LRFinder, TrainDataLoaderIter
 
-from plumbing.files import UsageError
+from plumbing.files import UsageError, atomic_write_json
+from recipes import DEFAULT
 
 SKIP_START, SKIP_END = 10, 5  # torch-lr-finder's defaults: the first steps are noise, the last ones the blow-up
 
 
-def find_lr(model, train_loader, optimizer="sgd", weight_decay=5e-4, momentum=0.9, start_lr=1e-5, end_lr=10.0,
-            num_iter=100, device=None):
+def find_lr(model, train_loader, optimizer=DEFAULT["optimizer"], weight_decay=DEFAULT["weight_decay"],
+            momentum=DEFAULT["momentum"], start_lr=1e-5, end_lr=10.0, num_iter=100, device=None):
     """Run the range test on a copy of `model` (the model itself is left untouched).
 
     Returns (suggested_lr, figure): the LR at the steepest descent of the smoothed loss, and loss-vs-LR with it marked.
@@ -45,11 +45,28 @@ def find_lr(model, train_loader, optimizer="sgd", weight_decay=5e-4, momentum=0.
                          f"suggest a peak LR: set --lr yourself (below {lrs[min(finite, len(lrs) - 1)]:.2e}) "
                          "instead of using --lr-find, or start the test at a lower LR")
     finder.history = {"lr": lrs[:finite], "loss": losses[:finite]}
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax, suggested_lr = finder.plot(ax=ax, skip_start=SKIP_START, skip_end=SKIP_END, suggest_lr=True)
     title = f"LR range test: suggested peak {suggested_lr:.2e}" if suggested_lr else "LR range test"
     ax.set_title(f"{title}\n({diverged}; later steps dropped)" if diverged else title)
     return suggested_lr, fig
+
+
+def save_suggestion(path, suggested_lr, **context):
+    """Keep a range test's suggestion in a small JSON file, with what it depends on (recipe, batch size, data...)."""
+    atomic_write_json(path, {"suggested_lr": suggested_lr, **context})
+
+
+def load_suggestion(path, **context):
+    """The suggestion saved by save_suggestion if the file exists and every `context` value matches, else None."""
+    try:
+        saved = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or any(saved.get(key) != value for key, value in context.items()):
+        return None
+    return saved.get("suggested_lr")
 
 
 def onecycle_schedule(lit, total_steps):

@@ -21,10 +21,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks 
 
 import albumentations as A
 import cv2
-import matplotlib
-
-matplotlib.use("Agg")  # no display needed; notebooks still show the returned figures inline
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure  # figures outside pyplot: nothing shown twice, nothing kept open
 import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
@@ -175,7 +172,8 @@ def plot_curves(rows):
     if not isinstance(rows, list):
         rows = read_metrics(rows)
     epochs = [r["epoch"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("loss", "acc")):
         for stage in ("train", "val"):
             ax.plot(epochs, [r[f"{stage}_{metric}"] for r in rows], marker="o", label=stage)
@@ -193,13 +191,15 @@ def image_grid(images, titles, ncols=5, title=None, scale=2.0):
     """uint8 or [0, 1] float HWC images in a grid, one title each."""
     n = len(images)
     if n == 0:
-        fig, ax = plt.subplots(figsize=(4, 1))
+        fig = Figure(figsize=(4, 1))
+        ax = fig.subplots()
         ax.axis("off")
         ax.text(0.5, 0.5, "nothing to show", ha="center", va="center")
         return fig
     ncols = min(ncols, n)
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(scale * ncols, scale * nrows + 0.4), squeeze=False)
+    fig = Figure(figsize=(scale * ncols, scale * nrows + 0.4))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, text in zip(axes.flat, images, titles):
@@ -223,8 +223,8 @@ def plot_misclassified(images, labels, index, predicted, confidence, classes, n=
 def plot_class_samples(images, labels, classes, per_class=8, seed=0):
     """`per_class` randomly chosen images of every class, one row per class, the class named on the left."""
     rng = np.random.default_rng(seed)
-    fig, axes = plt.subplots(len(classes), per_class, figsize=(1.1 * per_class + 1, 1.1 * len(classes)),
-                             squeeze=False)
+    fig = Figure(figsize=(1.1 * per_class + 1, 1.1 * len(classes)))
+    axes = fig.subplots(len(classes), per_class, squeeze=False)
     for row, name in enumerate(classes):
         members = np.flatnonzero(np.asarray(labels) == row)
         picked = rng.choice(members, size=min(per_class, len(members)), replace=False)
@@ -254,7 +254,8 @@ def plot_lr_schedule(lrs, steps_per_epoch=None, title="OneCycle learning rate"):
     """Learning rate per optimizer step (e.g. from lr_finder.onecycle_schedule), epochs on the x axis if known."""
     steps = np.arange(len(lrs))
     x = steps / steps_per_epoch if steps_per_epoch else steps
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     ax.plot(x, lrs)
     ax.set_xlabel("epoch" if steps_per_epoch else "step")
     ax.set_ylabel("learning rate")
@@ -279,7 +280,8 @@ def plot_gradcam(images, labels, index, predicted, confidence, predicted_overlay
 
 def plot_confusion(confusion, classes):
     """Confusion matrix (torchmetrics' plot: rows true, columns predicted) beside the accuracy of each class."""
-    fig, (ax_matrix, ax_acc) = plt.subplots(1, 2, figsize=(15, 6.5), gridspec_kw={"width_ratios": [3, 2]})
+    fig = Figure(figsize=(15, 6.5))
+    ax_matrix, ax_acc = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
     MulticlassConfusionMatrix(num_classes=len(classes)).plot(
         val=torch.as_tensor(confusion), ax=ax_matrix, labels=list(classes))
     ax_matrix.set_title(f"Confusion matrix ({int(confusion.sum())} test images)")

@@ -29,6 +29,7 @@ import utils  # noqa: E402
 from data import make_synthetic  # noqa: E402
 from model import MODELS, build_model  # noqa: E402
 from plumbing.files import atomic_write_json, describe_device  # noqa: E402
+from plumbing.records import APP_LATENCY  # noqa: E402
 
 
 def timings_ms(fn, repeats, warmup=2):
@@ -119,6 +120,7 @@ def main(argv=None):
             results[demo.model_name] = bench_demo(demo, folder, args.repeats, args.batch_size)
             results[demo.model_name]["http_upload_640x480_jpeg"] = bench_http(demo, folder, args.repeats)
     report = {
+        "kind": APP_LATENCY,
         "what": "wall-clock latency of app.py's functions per call, CPU only; upload_* = app.analyse_upload "
                 "(decode, centre crop, resize, predict, GradCAM at the default layer, overlay); batch_* = "
                 "app.classify_batch (decode and predict, no GradCAM); http_* = one upload through gradio_client "

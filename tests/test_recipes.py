@@ -1,0 +1,34 @@
+"""One home for every number: the classes' defaults are the default recipe's values (recipes.DEFAULT)."""
+import inspect
+
+import pytest
+
+import recipes
+from data import CIFAR10DataModule
+from lit_classifier import LitClassifier
+from lr_finder import find_lr
+
+
+def defaults(function):
+    return {name: p.default for name, p in inspect.signature(function).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def test_class_defaults_are_the_default_recipe():
+    lit = defaults(LitClassifier.__init__)
+    assert lit.pop("model_name") == recipes.DEFAULT["model"] and lit.pop("num_classes") == 10
+    assert lit == {key: recipes.DEFAULT[key] for key in lit}
+    data = defaults(CIFAR10DataModule.__init__)
+    assert (data["batch_size"], data["cutout"]) == (recipes.DEFAULT["batch_size"], recipes.DEFAULT["cutout"])
+    finder = defaults(find_lr)
+    assert {key: finder[key] for key in ("optimizer", "weight_decay", "momentum")} == \
+        {key: recipes.DEFAULT[key] for key in ("optimizer", "weight_decay", "momentum")}
+
+
+@pytest.mark.parametrize("name", list(recipes.RECIPES))
+def test_from_settings_takes_every_classifier_value_of_a_recipe(name):
+    recipe = recipes.RECIPES[name]
+    lit = LitClassifier.from_settings(recipe, lr=0.01)
+    for key, value in lit.hparams.items():
+        expected = {"model_name": recipe["model"], "lr": 0.01, "num_classes": 10}.get(key, recipe.get(key))
+        assert value == expected, key
