@@ -59,7 +59,7 @@ def gradcam_overlays(model, images, target_classes, mean, std, layer, image_weig
 
 
 def mistake_overlays(model, images, labels, index, predicted, mean, std, layer, image_weight=0.5):
-    """For the mistakes chosen by analysis.misclassified: overlays for the predicted class and for the true class,
+    """For the mistakes chosen by utils.misclassified: overlays for the predicted class and for the true class,
     computed in one batch. Returns (predicted_overlays, true_overlays), uint8 N x H x W x 3 each."""
     chosen = np.asarray(images)[index]
     targets = np.concatenate([np.asarray(predicted), np.asarray(labels)[index]])

@@ -19,7 +19,7 @@ resnet18 (ResNet-18, target >= 95% on official CIFAR-10 within 40 epochs): the R
     al. 2017; it keeps the LR x weight-decay shrinkage per epoch unchanged) and Page's short triangular schedule in
     place of 200 step-decay epochs: linear from ~0 to the peak at epoch 8 (pct_start 0.2), then to ~0 at epoch 40.
     Cutout stays 8x8 as in the ResNet-9 recipes (16x16 was tuned for 200 epochs). Plain logits. Not measured yet:
-    scripts/gpu_runs.sh runs it on a GPU.
+    tools/gpu_runs.sh runs it on a GPU.
 
 Flip test-time augmentation is on in every recipe: it costs one extra pass over the test set and is reported on its
 own (test_acc_tta); test_acc stays the plain single-view accuracy. EMA of the weights and label smoothing are off

@@ -212,7 +212,7 @@ def image_grid(images, titles, ncols=5, title=None, scale=2.0):
 
 
 def plot_misclassified(images, labels, index, predicted, confidence, classes, n=20):
-    """The first `n` of the mistakes chosen by analysis.misclassified, titled true -> predicted (confidence)."""
+    """The first `n` of the mistakes chosen by utils.misclassified, titled true -> predicted (confidence)."""
     index = index[:n]
     titles = [f"true {classes[labels[i]]}\npred {classes[p]} ({c:.0%})"
               for i, p, c in zip(index, predicted[:n], confidence[:n])]
