@@ -109,7 +109,7 @@ def eval_mode(model):
 
 
 def to_input(images, mean, std):
-    """uint8 HWC images -> the normalised NCHW float batch the networks take (the evaluation transform of data.py)."""
+    """uint8 HWC images -> the normalised NCHW float batch the networks take (eval_transforms above)."""
     transform = eval_transforms(mean, std)
     return torch.stack([transform(image=np.ascontiguousarray(image))["image"] for image in images])
 
