@@ -5,8 +5,9 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
-from matplotlib.figure import Figure  # a figure outside pyplot: shown once where it is returned
+import numpy as np
 import torch
+from matplotlib.figure import Figure  # a figure outside pyplot: shown once where it is returned
 from torch import nn
 from torch.utils.data import DataLoader
 from torch_lr_finder import LRFinder, TrainDataLoaderIter
@@ -21,7 +22,8 @@ def find_lr(model, train_loader, optimizer=DEFAULT["optimizer"], weight_decay=DE
             momentum=DEFAULT["momentum"], start_lr=1e-5, end_lr=10.0, num_iter=100, device=None):
     """Run the range test on a copy of `model` (the model itself is left untouched).
 
-    Returns (suggested_lr, figure): the LR at the steepest descent of the smoothed loss, and loss-vs-LR with it marked.
+    Returns (suggested_lr, figure): the LR at the steepest descent of the smoothed loss before its lowest point, and
+    loss-vs-LR with both marked.
     Steps after the loss became NaN/inf are dropped first (torch-lr-finder stops on inf but runs on through NaN and
     would then point at the blow-up); a UsageError says so when too few finite steps are left to suggest anything.
     """
@@ -44,13 +46,34 @@ def find_lr(model, train_loader, optimizer=DEFAULT["optimizer"], weight_decay=DE
         raise UsageError(f"the LR range test diverged after {finite} of {num_iter} steps ({why}), too few to "
                          f"suggest a peak LR: set --lr yourself (below {lrs[min(finite, len(lrs) - 1)]:.2e}) "
                          "instead of using --lr-find, or start the test at a lower LR")
-    finder.history = {"lr": lrs[:finite], "loss": losses[:finite]}
+    lrs, losses = np.array(lrs[:finite]), np.array(losses[:finite])
+    steepest, lowest = steepest_descent(losses)
+    suggested_lr = float(lrs[steepest])
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
-    ax, suggested_lr = finder.plot(ax=ax, skip_start=SKIP_START, skip_end=SKIP_END, suggest_lr=True)
-    title = f"LR range test: suggested peak {suggested_lr:.2e}" if suggested_lr else "LR range test"
+    shown = slice(SKIP_START, max(len(losses) - SKIP_END, lowest + 1))
+    ax.plot(lrs[shown], losses[shown])
+    ax.plot(lrs[steepest], losses[steepest], "o", color="red", label=f"steepest descent: {suggested_lr:.2e}")
+    ax.axvline(lrs[lowest], color="grey", linestyle="--", linewidth=1, label=f"lowest loss: {lrs[lowest]:.2e}")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="loss (smoothed)")
+    ax.legend()
+    title = f"LR range test: suggested peak {suggested_lr:.2e}"
     ax.set_title(f"{title}\n({diverged}; later steps dropped)" if diverged else title)
     return suggested_lr, fig
+
+
+def steepest_descent(losses):
+    """(step of the steepest descent, step of the lowest loss) of a range test's smoothed losses.
+
+    The descent is searched before the lowest point only: torch-lr-finder's own suggestion searches the whole curve,
+    and past the blow-up a diverged network's loss can fall again (with Adam it did, and its suggestion landed 20
+    times past the minimum)."""
+    losses = np.asarray(losses, dtype=float)
+    lowest = int(np.argmin(losses))
+    if lowest - SKIP_START < 2:
+        raise UsageError(f"the LR range test's loss was lowest at step {lowest + 1} of {len(losses)}, before any "
+                         "descent to suggest a peak from: start the test at a lower LR, or set --lr yourself")
+    return SKIP_START + int(np.argmin(np.gradient(losses[SKIP_START:lowest + 1]))), lowest
 
 
 def save_suggestion(path, suggested_lr, **context):

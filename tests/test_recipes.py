@@ -32,3 +32,21 @@ def test_from_settings_takes_every_classifier_value_of_a_recipe(name):
     for key, value in lit.hparams.items():
         expected = {"model_name": recipe["model"], "lr": 0.01, "num_classes": 10}.get(key, recipe.get(key))
         assert value == expected, key
+
+
+def test_the_range_test_suggests_from_the_descent_before_the_lowest_loss():
+    from lr_finder import SKIP_START, steepest_descent
+
+    # falls (steepest at step 30), lowest at step 50, blows up, then falls again even faster after the blow-up
+    losses = [2.5] * SKIP_START + [2.5 - 0.01 * i - (0.3 if i >= 20 else 0) for i in range(40)]
+    losses += [5.0 - 0.2 * i for i in range(10)] + [3.0 - 0.3 * i for i in range(4)]
+    steepest, lowest = steepest_descent(losses)
+    assert lowest == SKIP_START + 39 and steepest in (SKIP_START + 19, SKIP_START + 20)
+
+
+def test_a_range_test_without_descent_gives_a_reason():
+    from lr_finder import steepest_descent
+    from plumbing.files import UsageError
+
+    with pytest.raises(UsageError, match="lowest at step 1 of 30"):
+        steepest_descent([1.0 + i for i in range(30)])
