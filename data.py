@@ -337,7 +337,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
                              train=train, cutout=hp.cutout, seed=hp.seed, epoch=epoch, alt_flip=train and hp.alt_flip)
 
     def train_dataloader(self):
-        if len(self.train_set) < self.hparams.batch_size:  # training drops the last partial batch: nothing would be left
+        if len(self.train_set) < self.hparams.batch_size:  # the partial batch is dropped: nothing would be left
             raise UsageError(f"--batch-size {self.hparams.batch_size} is larger than the training set "
                              f"({len(self.train_set)} images): choose a batch of at most {len(self.train_set)}")
         return self._loader(self.train_set, shuffle=True)

@@ -119,8 +119,8 @@ class LitClassifier(pl.LightningModule):
         else:
             optimizer = torch.optim.Adam(groups, lr=hp.lr, weight_decay=hp.weight_decay)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=peaks if len(peaks) > 1 else hp.lr, total_steps=self.trainer.estimated_stepping_batches, pct_start=hp.pct_start,
-            anneal_strategy="linear", cycle_momentum=False, div_factor=hp.div_factor,
+            optimizer, max_lr=peaks if len(peaks) > 1 else hp.lr, total_steps=self.trainer.estimated_stepping_batches,
+            pct_start=hp.pct_start, anneal_strategy="linear", cycle_momentum=False, div_factor=hp.div_factor,
             final_div_factor=hp.final_div_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

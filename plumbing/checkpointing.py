@@ -205,7 +205,8 @@ def stored_settings(run_dir):
         raise UsageError(f"--resume {run_dir}: there is no such run folder")
     if not path.is_file():
         raise UsageError(f"--resume {run_dir}: there is no {CHECKPOINT} to resume from (the run stopped before its "
-                         f"first epoch ended); start it again with --out {run_dir}")
+                         "first epoch ended, or it ran with --no-ckpt-every-epoch); start it again with --out "
+                         f"{run_dir}")
     record = read_checkpoint(path).get("callbacks", {}).get(RunRecord.__qualname__)
     if not isinstance(record, dict) or "settings" not in record:
         raise UsageError(f"{path} does not record the run's settings (written by an older train.py?), so it "
