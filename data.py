@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from plumbing.files import UsageError
-from plumbing.gpu_data import DeviceBatches
+from plumbing.gpu_data import DeviceBatches, alternating_flip_base
 from recipes import DEFAULT
 from utils import cached_channel_stats, channel_stats, eval_transforms, train_transforms
 
@@ -174,10 +174,12 @@ class ImageArrayDataset(Dataset):
 
     Indexed by an int, the pipeline uses its own random state. Indexed by EpochSampler's Draws (a batch at a time,
     through __getitems__), the batch's augmentation is seeded from its first Draw, so it no longer depends on which
-    DataLoader worker makes it, nor on the batches made before (albumentations 2 ignores the global seeds)."""
+    DataLoader worker makes it, nor on the batches made before (albumentations 2 ignores the global seeds).
+    `flip_base` (gpu_data.alternating_flip_base): alternating flips, mirroring image i in the Draw's epoch where
+    flip_base[i] differs from epoch % 2 (epoch 0 for an int index); the transform then has no flip of its own."""
 
-    def __init__(self, images, labels, transform):
-        self.images, self.labels, self.transform = images, labels, transform
+    def __init__(self, images, labels, transform, flip_base=None):
+        self.images, self.labels, self.transform, self.flip_base = images, labels, transform, flip_base
 
     def __len__(self):
         return len(self.labels)
@@ -186,11 +188,18 @@ class ImageArrayDataset(Dataset):
         return self.__getitems__([key])[0]
 
     def __getitems__(self, keys):
+        epoch = 0
         if isinstance(keys[0], Draw):
             rng = np.random.default_rng([keys[0].seed, keys[0].epoch, keys[0].index])
             self.transform.set_random_state(rng, random.Random(int(rng.integers(2 ** 63))))
+            epoch = keys[0].epoch
             keys = [key.index for key in keys]
-        return [(self.transform(image=self.images[i])["image"], int(self.labels[i])) for i in keys]
+        return [(self.transform(image=self._image(i, epoch))["image"], int(self.labels[i])) for i in keys]
+
+    def _image(self, i, epoch):
+        if self.flip_base is not None and self.flip_base[i] != (epoch % 2 == 1):
+            return np.ascontiguousarray(self.images[i][:, ::-1])
+        return self.images[i]
 
 
 class EpochSampler(Sampler):
@@ -242,11 +251,14 @@ class CIFAR10DataModule(pl.LightningDataModule):
     """CIFAR-10 (or the synthetic stand-in) with albumentations augmentation; the test split doubles as validation.
 
     `data_path="device"` serves the same augmentations from the whole data set held on the training device
-    (gpu_data.DeviceBatches) instead of DataLoader workers.
+    (gpu_data.DeviceBatches) instead of DataLoader workers. Training drops the last partial batch (one batch shape
+    throughout); evaluation sees every image. `alt_flip=True`: alternating flips (gpu_data.alternating_flip_base)
+    in place of random ones.
     """
 
     def __init__(self, data_dir="data", batch_size=DEFAULT["batch_size"], synthetic=False, train_size=None,
-                 test_size=None, seed=0, cutout=DEFAULT["cutout"], num_workers=None, data_path="loader"):
+                 test_size=None, seed=0, cutout=DEFAULT["cutout"], num_workers=None, data_path="loader",
+                 alt_flip=DEFAULT["alt_flip"]):
         super().__init__()
         if data_path not in DATA_PATHS:
             raise UsageError(f"unknown data path {data_path!r}: choose one of {', '.join(DATA_PATHS)}")
@@ -286,8 +298,10 @@ class CIFAR10DataModule(pl.LightningDataModule):
                 keep = np.sort(balanced_subset(self.test_labels, hp.test_size, hp.seed, "--test-size"))
                 self.test_images, self.test_labels = self.test_images[keep], self.test_labels[keep]
             self.source = data["source"]
-        self.train_set = ImageArrayDataset(self.train_images, self.train_labels,
-                                           train_transforms(self.mean, self.std, cutout=hp.cutout))
+        self.train_set = ImageArrayDataset(
+            self.train_images, self.train_labels, train_transforms(self.mean, self.std, cutout=hp.cutout,
+                                                                   flip=not hp.alt_flip),
+            flip_base=alternating_flip_base(len(self.train_labels), hp.seed) if hp.alt_flip else None)
         self.test_set = ImageArrayDataset(self.test_images, self.test_labels, eval_transforms(self.mean, self.std))
 
     def _loader(self, dataset, shuffle):
@@ -295,7 +309,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
         if self.hparams.data_path == "device":
             return self._device_batches(dataset, train=shuffle, epoch=epoch)  # shuffled = augmented
         sampler = EpochSampler(len(dataset), self.hparams.seed, epoch) if shuffle else None
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler,
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler, drop_last=shuffle,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           pin_memory=torch.cuda.is_available())
 
@@ -320,9 +334,12 @@ class CIFAR10DataModule(pl.LightningDataModule):
                                                                              else "cpu")
         hp = self.hparams
         return DeviceBatches(dataset.images, dataset.labels, self.mean, self.std, hp.batch_size, device=device,
-                             train=train, cutout=hp.cutout, seed=hp.seed, epoch=epoch)
+                             train=train, cutout=hp.cutout, seed=hp.seed, epoch=epoch, alt_flip=train and hp.alt_flip)
 
     def train_dataloader(self):
+        if len(self.train_set) < self.hparams.batch_size:  # the partial batch is dropped: nothing would be left
+            raise UsageError(f"--batch-size {self.hparams.batch_size} is larger than the training set "
+                             f"({len(self.train_set)} images): choose a batch of at most {len(self.train_set)}")
         return self._loader(self.train_set, shuffle=True)
 
     def val_dataloader(self):

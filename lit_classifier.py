@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -15,23 +16,49 @@ from recipes import DEFAULT
 OPTIMIZERS = ("sgd", "adam")
 
 
+def tta_logits(model, images, logits=None, translate=False):
+    """Test-time augmentation: the mean logits of the images and their mirror images. `translate` (airbench's level 2):
+    half of that, and half the mean of the same over the images shifted by one pixel up-left and down-right (reflect
+    padding). `logits`: the model's plain logits of `images`, if already computed."""
+    def mirrored(x, plain=None):
+        return ((model(x) if plain is None else plain) + model(x.flip(3))) / 2
+
+    result = mirrored(images, logits)
+    if not translate:
+        return result
+    height, width = images.shape[2:]
+    padded = F.pad(images, (1, 1, 1, 1), mode="reflect")
+    shifted = (padded[:, :, :height, :width], padded[:, :, 2:, 2:])
+    return (result + (mirrored(shifted[0]) + mirrored(shifted[1])) / 2) / 2
+
+
 class LitClassifier(pl.LightningModule):
     """`lr` is the OneCycle peak: linear from lr / div_factor up to lr over the first `pct_start` of the steps, then
     linear down to lr / div_factor / final_div_factor. `tta=True` also logs test_acc_tta, the accuracy of the mean
-    logits of each test image and its mirror image, beside the plain test_acc."""
+    logits of each test image and its mirror image (with `tta_translate`, tta_logits' level 2), beside the plain
+    test_acc. `freeze_bn_weight` keeps the BatchNorm scales at 1; `bn_bias_lr` trains BN biases at that multiple of
+    the LR and weight decay / bn_bias_lr (see recipes.py)."""
 
     # Defaults: the default recipe's values (recipes.py is their one home).
     def __init__(self, model_name=DEFAULT["model"], num_classes=10, optimizer=DEFAULT["optimizer"], lr=DEFAULT["lr"],
                  momentum=DEFAULT["momentum"], weight_decay=DEFAULT["weight_decay"], pct_start=DEFAULT["pct_start"],
                  label_smoothing=DEFAULT["label_smoothing"], logit_scale=DEFAULT["logit_scale"],
-                 div_factor=DEFAULT["div_factor"], final_div_factor=DEFAULT["final_div_factor"], tta=DEFAULT["tta"]):
+                 div_factor=DEFAULT["div_factor"], final_div_factor=DEFAULT["final_div_factor"], tta=DEFAULT["tta"],
+                 tta_translate=DEFAULT["tta_translate"], freeze_bn_weight=DEFAULT["freeze_bn_weight"],
+                 bn_bias_lr=DEFAULT["bn_bias_lr"]):
         super().__init__()
         if optimizer not in OPTIMIZERS:
             raise UsageError(f"unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
         if not lr > 0:
             raise UsageError(f"the learning rate must be positive, got {lr}")
+        if not bn_bias_lr > 0:
+            raise UsageError(f"--bn-bias-lr must be positive, got {bn_bias_lr}")
         self.save_hyperparameters()
         self.model = build_model(model_name, num_classes=num_classes, logit_scale=logit_scale)
+        for norm in self._batch_norms():
+            norm.weight.requires_grad_(not freeze_bn_weight)  # initialised at 1, so frozen at 1
+        self.channels_last = False  # set by train.make_classifier: batches are made channels-last on the device
+        self._compiled = None  # the network compiled for the training steps (compile_training)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         # average="micro" is plain accuracy; MulticlassAccuracy's default ("macro") averages per-class recalls.
         # validate_args=False: its check runs torch.unique on the labels, a GPU -> CPU sync at every step (the data
@@ -50,12 +77,23 @@ class LitClassifier(pl.LightningModule):
         names = inspect.signature(cls.__init__).parameters
         return cls(**{key: value for key, value in settings.items() if key in names and key != "self"})
 
+    def _batch_norms(self):
+        return [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+
+    def compile_training(self):
+        """torch.compile the network for the training steps only, for one fixed batch shape (dynamic=False: the
+        training batches all have one shape). Evaluation (other shapes, no gradients) stays eager, so it compiles
+        nothing more. Kept out of the module's attributes (no second copy of the names in checkpoints)."""
+        self.__dict__["_compiled"] = torch.compile(self.model, dynamic=False)
+
     def forward(self, x):
         return self.model(x)
 
-    def _shared_step(self, batch, stage, accuracy):
+    def _shared_step(self, batch, stage, accuracy, network=None):
         images, labels = batch
-        logits = self(images)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)  # a no-op for DeviceBatches' batches
+        logits = (self.model if network is None else network)(images)
         loss = self.criterion(logits, labels)
         accuracy(logits, labels)
         self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=stage != "train")
@@ -63,7 +101,7 @@ class LitClassifier(pl.LightningModule):
         return loss, logits
 
     def training_step(self, batch, batch_idx):
-        return self._shared_step(batch, "train", self.train_acc)[0]
+        return self._shared_step(batch, "train", self.train_acc, self._compiled)[0]
 
     def validation_step(self, batch, batch_idx):
         self._shared_step(batch, "val", self.val_acc)
@@ -72,7 +110,7 @@ class LitClassifier(pl.LightningModule):
         _, logits = self._shared_step(batch, "test", self.test_acc)
         if self.hparams.tta:
             images, labels = batch
-            self.test_acc_tta((logits + self(images.flip(3))) / 2, labels)
+            self.test_acc_tta(tta_logits(self.model, images, logits, self.hparams.tta_translate), labels)
             self.log("test_acc_tta", self.test_acc_tta, on_step=False, on_epoch=True)
 
     def predict_step(self, batch, batch_idx):
@@ -82,14 +120,22 @@ class LitClassifier(pl.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
+        trained = [p for p in self.parameters() if p.requires_grad]
+        groups, peaks = [{"params": trained}], [hp.lr]
+        if hp.bn_bias_lr != 1:
+            biases = {id(norm.bias) for norm in self._batch_norms()}
+            groups = [{"params": [p for p in trained if id(p) not in biases]},
+                      {"params": [p for p in trained if id(p) in biases], "lr": hp.lr * hp.bn_bias_lr,
+                       "weight_decay": hp.weight_decay / hp.bn_bias_lr}]
+            peaks = [hp.lr, hp.lr * hp.bn_bias_lr]
         if hp.optimizer == "sgd":
-            optimizer = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, nesterov=True,
+            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=True,
                                         weight_decay=hp.weight_decay)
         else:
-            optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+            optimizer = torch.optim.Adam(groups, lr=hp.lr, weight_decay=hp.weight_decay)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=hp.lr, total_steps=self.trainer.estimated_stepping_batches, pct_start=hp.pct_start,
-            anneal_strategy="linear", cycle_momentum=False, div_factor=hp.div_factor,
+            optimizer, max_lr=peaks if len(peaks) > 1 else hp.lr, total_steps=self.trainer.estimated_stepping_batches,
+            pct_start=hp.pct_start, anneal_strategy="linear", cycle_momentum=False, div_factor=hp.div_factor,
             final_div_factor=hp.final_div_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

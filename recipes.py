@@ -3,8 +3,11 @@
 `python train.py --recipe NAME` starts from a recipe; any flag given explicitly overrides that one value. Without
 --recipe, the recipe of the chosen --model applies (DEFAULT_RECIPE). Learning rates are for the mean loss of a batch.
 
-dawn (ResNet-9, the default): David Page's DAWNBench submission, dawn.py in davidcpage/cifar10-fast, 94.08% median
-    on official CIFAR-10 in 24 epochs (79 s on a V100): batch 512, Nesterov SGD momentum 0.9, LR linear from 0 to
+dawn (ResNet-9, the default): the training recipe of David Page's DAWNBench submission, dawn.py in
+    davidcpage/cifar10-fast, 94.08% median on official CIFAR-10 in 24 epochs (79 s on a V100), on the course's
+    network: that puts each max-pool right after its conv, before BN-ReLU (as the course specifies), and its FC layer
+    has a bias, where dawn.py pools after the ReLU and has no FC bias (Page's "bag of tricks" measured the two pool
+    placements at 94.0% and 94.1%). Its values: batch 512, Nesterov SGD momentum 0.9, LR linear from 0 to
     0.4 at epoch 5 then linear to 0 at epoch 24, weight decay 5e-4, reflect-pad-4 crop + flip + 8x8 cutout,
     logits x 0.125, half precision. dawn.py sums the loss over the batch with lr / 512 and weight decay x 512,
     which is the same update as the mean loss with lr 0.4 and weight decay 5e-4 used here. OneCycleLR draws that
@@ -24,21 +27,37 @@ resnet18 (ResNet-18, target >= 95% on official CIFAR-10 within 40 epochs): the R
 Flip test-time augmentation is on in every recipe: it costs one extra pass over the test set and is reported on its
 own (test_acc_tta); test_acc stays the plain single-view accuracy. EMA of the weights and label smoothing are off
 (neither is part of the recipes above); --ema DECAY and --label-smoothing turn them on.
+
+Options from airbench (Keller Jordan's cifar10-airbench) and Page's later work, off in every recipe until a measured
+run (3 seeds, results/) shows one helps here:
+    label_smoothing: airbench94 uses 0.2.
+    freeze_bn_weight, bn_bias_lr: BatchNorm scales frozen at 1, and BN biases trained at bn_bias_lr x the LR with the
+        weight decay divided by the same factor, so that their decay per step (LR x weight decay, with SGD) stays
+        (Page's "bag of tricks" and airbench94: scales frozen, bias LR x 64).
+    alt_flip: alternating flips (airbench): a random half of the images mirrored in even epochs, the other half in
+        odd ones, in place of a fresh coin per image and epoch.
+    tta_translate: test_acc_tta becomes airbench's TTA level 2: half the mirror TTA of the image, half the mean of the
+        mirror TTA of the image shifted by one pixel up-left and down-right (reflect padding).
+    ema, ema_every: an EMA of the weights updated every ema_every steps (airbench's Lookahead also updates every 5
+        steps, but copies the average back into the weights; that variant is not here). Patch-whitening of the first
+        layer (airbench) changes the network and is not offered.
 """
 import argparse
 
 from plumbing.files import UsageError
 
+# The options above, each off (written out in every recipe through this one dict, so that they cannot drift apart).
+OPTIONS_OFF = dict(ema_every=1, freeze_bn_weight=False, bn_bias_lr=1.0, alt_flip=False, tta_translate=False)
 RECIPES = {
     "dawn": dict(model="custom_resnet", epochs=24, batch_size=512, optimizer="sgd", lr=0.4, momentum=0.9,
                  weight_decay=5e-4, pct_start=5 / 24, div_factor=1e4, final_div_factor=1e4, label_smoothing=0.0,
-                 logit_scale=0.125, cutout=8, lr_find=False, ema=0.0, tta=True),
+                 logit_scale=0.125, cutout=8, lr_find=False, ema=0.0, tta=True, **OPTIONS_OFF),
     "course": dict(model="custom_resnet", epochs=24, batch_size=512, optimizer="adam", lr=None, momentum=0.9,
                    weight_decay=1e-4, pct_start=5 / 24, div_factor=100.0, final_div_factor=100.0,
-                   label_smoothing=0.0, logit_scale=1.0, cutout=8, lr_find=True, ema=0.0, tta=True),
+                   label_smoothing=0.0, logit_scale=1.0, cutout=8, lr_find=True, ema=0.0, tta=True, **OPTIONS_OFF),
     "resnet18": dict(model="resnet18", epochs=40, batch_size=512, optimizer="sgd", lr=0.4, momentum=0.9,
                      weight_decay=5e-4, pct_start=0.2, div_factor=1e4, final_div_factor=1e4, label_smoothing=0.0,
-                     logit_scale=1.0, cutout=8, lr_find=False, ema=0.0, tta=True),
+                     logit_scale=1.0, cutout=8, lr_find=False, ema=0.0, tta=True, **OPTIONS_OFF),
 }
 DEFAULT_RECIPE = {"custom_resnet": "dawn", "resnet18": "resnet18"}
 DEFAULT = RECIPES["dawn"]  # the defaults of LitClassifier and CIFAR10DataModule

@@ -7,9 +7,11 @@ recipe flag given explicitly overrides that one value.
 
 Any Lightning Trainer argument passes through (--accelerator, --devices, --strategy, --precision, ...).
 The run folder gets summary.json, metrics.csv, last.ckpt, curves.png, misclassified.png, gradcam.png, confusion.png
-(+ lr_finder.png, logs/).
+(+ lr_finder.png, logs/). A timed run validates and checkpoints only after the last epoch:
+--no-val-every-epoch --no-ckpt-every-epoch.
 """
 import argparse
+import contextlib
 import csv
 import inspect
 import io
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint, ModelSummary
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ModelSummary
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 import gradcam
@@ -31,6 +33,7 @@ from lit_classifier import OPTIMIZERS, LitClassifier
 from lr_finder import find_lr
 from model import MODELS, build_model, count_parameters
 from plumbing import checkpointing, records
+from plumbing.ema import EMA
 from plumbing.files import UsageError, atomic_savefig, atomic_write_json, atomic_write_text, describe_device
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
@@ -41,12 +44,18 @@ OWN_TRAINER_ARGS = {"self", "max_epochs", "logger", "callbacks", "default_root_d
 
 
 class EpochMetricsCSV(pl.Callback):
-    """Writes metrics.csv, one row per epoch, rewritten atomically after every epoch."""
+    """Writes metrics.csv, one row per epoch, rewritten atomically after every epoch. An epoch without validation
+    (--no-val-every-epoch) leaves val_loss and val_acc empty."""
 
     def __init__(self, path):
         self.path = Path(path)
         self.rows = []
         self.last_lr = None
+        self.validated_epoch = None
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.validated_epoch = trainer.current_epoch
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         # The LR this batch trains with (by the epoch's end the scheduler has already stepped past it).
@@ -55,7 +64,9 @@ class EpochMetricsCSV(pl.Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         # In Lightning 2.x the epoch's validation has already run here, so val_* metrics are this epoch's.
         metrics = trainer.callback_metrics
-        row = {name: float(metrics[name]) if name in metrics else "" for name in METRIC_COLUMNS[1:-1]}
+        validated = self.validated_epoch == trainer.current_epoch  # else val_* would be an earlier epoch's
+        row = {name: float(metrics[name]) if name in metrics and (validated or not name.startswith("val_")) else ""
+               for name in METRIC_COLUMNS[1:-1]}
         row = {"epoch": trainer.current_epoch + 1, **row, "lr": self.last_lr}
         self.rows.append(row)
         if trainer.is_global_zero:
@@ -137,14 +148,31 @@ def build_parser():
                         "for the plain network)", **from_recipe)
     recipe.add_argument("--cutout", type=int, metavar="PIXELS", help="cutout hole size (0: none)", **from_recipe)
     recipe.add_argument("--ema", type=float, metavar="DECAY", help="evaluate, test and save an exponential moving "
-                        "average of the weights (0: off)", **from_recipe)
+                        "average of the weights (0: off); DECAY is per step", **from_recipe)
+    recipe.add_argument("--ema-every", type=int, metavar="K", help="update the average every K optimizer steps",
+                        **from_recipe)
     recipe.add_argument("--tta", action=argparse.BooleanOptionalAction, help="also report test_acc_tta, the "
                         "accuracy with flip test-time augmentation (test_acc stays single-view)", **from_recipe)
+    recipe.add_argument("--tta-translate", action=argparse.BooleanOptionalAction, help="test_acc_tta also averages "
+                        "one-pixel translations (airbench's TTA level 2)", **from_recipe)
+    recipe.add_argument("--alt-flip", action=argparse.BooleanOptionalAction, help="alternating flips (airbench): "
+                        "each image mirrored in every other epoch, in place of a coin flip per epoch", **from_recipe)
+    recipe.add_argument("--freeze-bn-weight", action=argparse.BooleanOptionalAction, help="keep the BatchNorm "
+                        "scales at 1", **from_recipe)
+    recipe.add_argument("--bn-bias-lr", type=float, metavar="FACTOR", help="train BatchNorm biases at FACTOR x the LR "
+                        "and weight decay / FACTOR (Page, airbench: 64)", **from_recipe)
     speed = parser.add_argument_group("speed (results do not depend on these)")
     speed.add_argument("--data-path", choices=("auto", "loader", "device"), default="auto",
                        help="loader: albumentations in DataLoader workers; device: the whole data set on the GPU, "
                        "augmented there in batches (plumbing/gpu_data.py); auto: device on CUDA, else loader")
-    speed.add_argument("--compile", action="store_true", help="torch.compile the network")
+    speed.add_argument("--compile", action="store_true", help="torch.compile the network's training steps (one batch "
+                       "shape, dynamic=False; evaluation stays eager)")
+    speed.add_argument("--val-every-epoch", action=argparse.BooleanOptionalAction, default=True,
+                       help="validate after every epoch (metrics.csv and curves.png get a val point per epoch); "
+                       "--no-val-every-epoch validates only after the last one, as a timed run does")
+    speed.add_argument("--ckpt-every-epoch", action=argparse.BooleanOptionalAction, default=True,
+                       help="write last.ckpt after every epoch (what --resume continues from); "
+                       "--no-ckpt-every-epoch writes it only after the last one")
     speed.add_argument("--num-workers", type=int, metavar="N", help="DataLoader workers (default: none when training "
                        "on the CPU, else one per core but the main process's)")
     group = parser.add_argument_group(
@@ -221,37 +249,53 @@ def check_args(args):
 def make_datamodule(args):
     return CIFAR10DataModule(args.data_dir, args.batch_size, synthetic=args.synthetic, train_size=args.train_size,
                              test_size=args.test_size, seed=args.seed, cutout=args.cutout,
-                             num_workers=args.num_workers, data_path=args.data_path)
+                             num_workers=args.num_workers, data_path=args.data_path, alt_flip=option(args, "alt_flip"))
 
 
-def make_classifier(args):
+def option(args, name):
+    """A recipe value of `args`, or the default recipe's for a namespace made before the option existed."""
+    return getattr(args, name, recipes.DEFAULT[name])
+
+
+def make_classifier(args, channels_last=None):
+    """The LitClassifier of `args`. `channels_last` (default: on the device data path, whose batches are): the
+    network and its batches in channels-last layout, what cuDNN's convolutions run fastest on (train.run turns it
+    on for every CUDA run)."""
     lit = LitClassifier(args.model, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
                         weight_decay=args.weight_decay, pct_start=args.pct_start, div_factor=args.div_factor,
                         final_div_factor=args.final_div_factor, label_smoothing=args.label_smoothing,
-                        logit_scale=args.logit_scale, tta=args.tta)
-    if args.data_path == "device":
-        lit.model.to(memory_format=torch.channels_last)  # as the device batches are: no layout changes in between
+                        logit_scale=args.logit_scale, tta=args.tta, tta_translate=option(args, "tta_translate"),
+                        freeze_bn_weight=option(args, "freeze_bn_weight"), bn_bias_lr=option(args, "bn_bias_lr"))
+    if args.data_path == "device" if channels_last is None else channels_last:
+        lit.model.to(memory_format=torch.channels_last)
+        lit.channels_last = True
     if args.compile:
-        lit.model.compile()  # in place, so checkpoints keep the plain model's parameter names
+        lit.compile_training()
     return lit
 
 
 def make_trainer(args, trainer_kwargs, out, metrics_csv, run_record):
+    every_epoch = getattr(args, "ckpt_every_epoch", True)
     callbacks = [
+        run_record,  # first: its clock stops at an epoch's end before the other callbacks' epoch-end work
         ModelSummary(max_depth=2),
         # last.ckpt after every epoch (without a monitor, top-1 is the latest epoch; save_last alone would only save
-        # at the end), overwritten in place by a resumed run (no last-v1.ckpt), atomically (AtomicCheckpointIO)
-        ModelCheckpoint(dirpath=out, filename=Path(checkpointing.CHECKPOINT).stem, enable_version_counter=False),
+        # at the end) or only after the last, at the epoch's end (after validation and metrics.csv), overwritten in
+        # place by a resumed run (no last-v1.ckpt), atomically (AtomicCheckpointIO)
+        ModelCheckpoint(dirpath=out, filename=Path(checkpointing.CHECKPOINT).stem, enable_version_counter=False,
+                        every_n_epochs=1 if every_epoch else args.epochs, save_on_train_epoch_end=True),
         LearningRateMonitor(logging_interval="step"),
         checkpointing.StopOnNonFinite(out),
         metrics_csv,
-        run_record,
         checkpointing.SeedEachEpoch(args.seed),
     ]
     if args.ema:
-        callbacks.append(EMAWeightAveraging(decay=args.ema))  # validation, test and last.ckpt use the average
+        # validation, test and last.ckpt use the average
+        callbacks.append(EMA(args.ema, every=option(args, "ema_every")))
     loggers = [CSVLogger(out, name="logs"), TensorBoardLogger(out, name="tensorboard")]
     trainer_kwargs = dict(trainer_kwargs)
+    if not getattr(args, "val_every_epoch", True):
+        trainer_kwargs.setdefault("check_val_every_n_epoch", args.epochs)  # the last epoch's validation only
     plugins = trainer_kwargs.pop("plugins", None)
     plugins = [checkpointing.AtomicCheckpointIO()] + ([] if plugins is None else [plugins])
     try:
@@ -288,20 +332,24 @@ def run(args, trainer_kwargs):
                              "run without --lr-find and set --lr")
         print(f"LR range test suggests a OneCycle peak of {suggested_lr:.3g}")
         args.lr = suggested_lr
-    lit = make_classifier(args)
+    lit = make_classifier(args, channels_last=args.data_path == "device" or on_cuda(trainer_kwargs))
 
     settings = {**vars(args), "trainer": trainer_kwargs}
     metrics_csv = EpochMetricsCSV(out / "metrics.csv")
     run_record = checkpointing.RunRecord(settings)
     trainer = make_trainer(args, trainer_kwargs, out, metrics_csv, run_record)
     trainer.fit(lit, datamodule=datamodule, ckpt_path=resume_from)
-    train_seconds = run_record.train_seconds()  # this session's and, after a resume, the earlier ones'
+    # training epochs only, this session's and, after a resume, the earlier ones' (checkpointing.RunRecord)
+    train_seconds, warmup_seconds = run_record.train_seconds(), run_record.warmup_seconds()
+    test_start = time.perf_counter()
     test = trainer.test(lit, datamodule=datamodule, verbose=False)[0]  # current (final-epoch) weights, never "best"
-    wall_seconds = time.perf_counter() - wall_start
+    checkpointing.synchronize(trainer.strategy.root_device)
+    eval_seconds = run_record.eval_seconds + time.perf_counter() - test_start
     if not trainer.is_global_zero:
         return None
 
     train_images = len(datamodule.train_set)
+    trained_images = train_images // args.batch_size * args.batch_size * args.epochs  # the partial batch is dropped
     summary = {
         "recipe": args.recipe,
         "model": args.model,
@@ -313,9 +361,13 @@ def run(args, trainer_kwargs):
         "test_acc": round(float(test["test_acc"]), 6),
         **({"test_acc_tta": round(float(test["test_acc_tta"]), 6)} if args.tta else {}),
         "test_loss": round(float(test["test_loss"]), 6),
+        "tta": ("mirror+translate" if args.tta_translate else "mirror") if args.tta else None,
         "train_seconds": round(train_seconds, 3),
-        "wall_seconds": round(wall_seconds, 3),
-        "images_per_second": round(train_images * args.epochs / train_seconds, 1),
+        "warmup_seconds": None if warmup_seconds is None else round(warmup_seconds, 3),
+        "eval_seconds": round(eval_seconds, 3),
+        "wall_seconds": None,  # the whole run, plots included: set once they are written
+        "train_epoch_seconds": [round(seconds, 3) for seconds in run_record.epoch_seconds],
+        "images_per_second": round(trained_images / train_seconds, 1),
         "device": describe_device(trainer.strategy.root_device),
         "data_path": args.data_path,
         "precision": str(trainer.precision),
@@ -325,16 +377,31 @@ def run(args, trainer_kwargs):
         "settings": settings,
         "versions": {"torch": torch.__version__, "pytorch_lightning": pl.__version__},
     }
-    write_plots(lit, datamodule, metrics_csv.rows, out)
+    write_plots(lit, datamodule, metrics_csv.rows, out, trainer)
+    summary["wall_seconds"] = round(time.perf_counter() - wall_start, 3)
     atomic_write_json(out / "summary.json", summary)
     if args.results_dir:
         records.write_record(args.results_dir, records.record_from_summary(summary))
     return summary
 
 
-def write_plots(lit, datamodule, rows, out):
+def write_plots(lit, datamodule, rows, out, trainer=None):
+    """curves.png, misclassified.png, confusion.png and gradcam.png. With `trainer`, the predictions and GradCAM
+    run on its device (its teardown has put the module back on the CPU) and the predictions in its precision, as
+    the test did; the module goes back where it was afterwards."""
     atomic_savefig(utils.plot_curves(rows), out / "curves.png")
-    probs, labels = utils.predict(lit.model, datamodule.test_dataloader())
+    home = next(lit.parameters()).device
+    if trainer is not None:
+        lit.to(trainer.strategy.root_device)
+    try:
+        with trainer.precision_plugin.forward_context() if trainer is not None else contextlib.nullcontext():
+            probs, labels = utils.predict(lit.model, datamodule.test_dataloader())
+        mistake_plots(lit, datamodule, probs, labels, out)
+    finally:
+        lit.to(home)
+
+
+def mistake_plots(lit, datamodule, probs, labels, out):
     index, predicted, confidence = utils.misclassified(probs, labels)
     figure = utils.plot_misclassified(datamodule.test_images, labels, index, predicted, confidence,
                                       datamodule.classes)

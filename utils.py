@@ -70,13 +70,13 @@ def cached_channel_stats(folder, images):
 
 
 # ------------------------------------------------------------------------------------------------------ transforms
-def train_transforms(mean, std, cutout=8, pad=4):
-    """Reflect-pad + random crop, horizontal flip, one cutout hole filled with the dataset mean, normalise."""
+def train_transforms(mean, std, cutout=8, pad=4, flip=True):
+    """Reflect-pad + random crop, horizontal flip (unless `flip=False`), one cutout hole filled with the dataset mean,
+    normalise."""
     steps = [
         A.PadIfNeeded(32 + 2 * pad, 32 + 2 * pad, border_mode=cv2.BORDER_REFLECT_101),
         A.RandomCrop(32, 32),
-        A.HorizontalFlip(p=0.5),
-    ]
+    ] + ([A.HorizontalFlip(p=0.5)] if flip else [])
     if cutout:
         fill = tuple(round(m * 255) for m in mean)
         steps.append(A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(cutout, cutout),
@@ -171,6 +171,7 @@ def plot_curves(rows):
     """Loss and accuracy per epoch, train against validation, from metrics.csv rows (or its path)."""
     if not isinstance(rows, list):
         rows = read_metrics(rows)
+    rows = [{k: math.nan if v in ("", None) else v for k, v in row.items()} for row in rows]  # epochs not validated
     epochs = [r["epoch"] for r in rows]
     fig = Figure(figsize=(11, 4))
     axes = fig.subplots(1, 2)
@@ -182,7 +183,8 @@ def plot_curves(rows):
         ax.grid(alpha=0.3)
         ax.legend()
     axes[0].set_title("Loss")
-    axes[1].set_title(f"Accuracy (last val {rows[-1]['val_acc']:.2%})" if rows else "Accuracy")
+    validated = [r["val_acc"] for r in rows if not math.isnan(r["val_acc"])]
+    axes[1].set_title(f"Accuracy (last val {validated[-1]:.2%})" if validated else "Accuracy")
     fig.tight_layout()
     return fig
 

@@ -40,33 +40,84 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_torch_save(checkpoint, path)
 
 
+def synchronize(device):
+    """Wait for the device's queued work, so that a clock read afterwards counts it (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class RunRecord(pl.Callback):
-    """Keeps the run's settings and its training time in every checkpoint (the callback state Lightning saves)."""
+    """Keeps the run's settings and its timings in every checkpoint (the callback state Lightning saves).
+
+    Each training epoch is timed from its start to its end with the device synchronised at both ends, less any
+    validation inside it (Lightning validates before on_train_epoch_end). The checkpoint (ModelCheckpoint, which
+    Lightning runs after every other callback) and the sanity check fall outside; put this callback first, so that
+    the other callbacks' epoch-end work does too. Validation time goes to eval_seconds. The times of all sessions
+    of a resumed run add up; the epoch that a crash interrupted is not counted (it is trained again)."""
 
     def __init__(self, settings):
         self.settings = settings
-        self.seconds_before = 0.0  # training time of the sessions before a resume
+        self.epoch_seconds = []      # training time of each finished epoch, over all sessions
+        self.session_starts = []     # index into epoch_seconds of each session's first epoch
+        self.eval_seconds = 0.0      # validation, sanity checks included, over all sessions
+        self.seconds_before = 0.0    # training time recorded by a train.py older than epoch_seconds
         self.resumed_after_epochs = []
-        self._session_start = time.perf_counter()
         self._restored = False
-
-    def on_fit_start(self, trainer, pl_module):
-        self._session_start = time.perf_counter()
+        self._epoch_start = self._validation_start = None
+        self._paused = 0.0
 
     def on_train_start(self, trainer, pl_module):
         if self._restored:
             self.resumed_after_epochs.append(trainer.current_epoch)
+        self.session_starts.append(len(self.epoch_seconds))
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        synchronize(pl_module.device)
+        self._epoch_start, self._paused = time.perf_counter(), 0.0
+
+    def on_validation_start(self, trainer, pl_module):
+        synchronize(pl_module.device)
+        self._validation_start = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module):
+        synchronize(pl_module.device)
+        seconds = time.perf_counter() - self._validation_start
+        self.eval_seconds += seconds
+        if self._epoch_start is not None:
+            self._paused += seconds
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        synchronize(pl_module.device)
+        self.epoch_seconds.append(time.perf_counter() - self._epoch_start - self._paused)
+        self._epoch_start = None
 
     def train_seconds(self):
-        return self.seconds_before + time.perf_counter() - self._session_start
+        return self.seconds_before + sum(self.epoch_seconds)
+
+    def warmup_seconds(self):
+        """What the first epoch of each session took beyond the median of the other epochs: the one-time work of a
+        session (cuDNN autotuning, torch.compile, starting DataLoader workers). None without another epoch to
+        compare with. Every epoch does the same work otherwise (the last partial batch is dropped)."""
+        firsts = [i for i in set(self.session_starts) if i < len(self.epoch_seconds)]
+        others = [s for i, s in enumerate(self.epoch_seconds) if i not in firsts]
+        if not others:
+            return None
+        typical = float(np.median(others))
+        return sum(max(0.0, self.epoch_seconds[i] - typical) for i in firsts)
 
     def state_dict(self):
         return {"settings": self.settings, "train_seconds": self.train_seconds(),
-                "resumed_after_epochs": list(self.resumed_after_epochs)}
+                "epoch_seconds": list(self.epoch_seconds), "session_starts": list(self.session_starts),
+                "eval_seconds": self.eval_seconds, "resumed_after_epochs": list(self.resumed_after_epochs)}
 
     def load_state_dict(self, state_dict):
         # The settings are not taken back: resume_settings() already checked the command line against them.
-        self.seconds_before = state_dict["train_seconds"]
+        if "epoch_seconds" in state_dict:
+            self.epoch_seconds = list(state_dict["epoch_seconds"])
+            self.session_starts = list(state_dict["session_starts"])
+            self.eval_seconds = state_dict["eval_seconds"]
+        else:  # written by an older train.py: one total, validation and checkpoints included
+            self.seconds_before = state_dict["train_seconds"]
         self.resumed_after_epochs = list(state_dict["resumed_after_epochs"])
         self._restored = True
 
@@ -154,7 +205,8 @@ def stored_settings(run_dir):
         raise UsageError(f"--resume {run_dir}: there is no such run folder")
     if not path.is_file():
         raise UsageError(f"--resume {run_dir}: there is no {CHECKPOINT} to resume from (the run stopped before its "
-                         f"first epoch ended); start it again with --out {run_dir}")
+                         "first epoch ended, or it ran with --no-ckpt-every-epoch); start it again with --out "
+                         f"{run_dir}")
     record = read_checkpoint(path).get("callbacks", {}).get(RunRecord.__qualname__)
     if not isinstance(record, dict) or "settings" not in record:
         raise UsageError(f"{path} does not record the run's settings (written by an older train.py?), so it "

@@ -20,14 +20,26 @@ def reflect_index(index, size):
     return torch.where(index > size - 1, 2 * (size - 1) - index, index)
 
 
-def crop_flip(images, pad, generator):
+def alternating_flip_base(size, seed):
+    """Alternating flips (airbench): image i is mirrored in even epochs where this is True and in odd epochs where
+    it is False, so any two consecutive epochs show every image once each way. Drawn from the seed alone."""
+    return np.random.default_rng([seed, ALT_FLIP_STREAM]).random(size) < 0.5
+
+
+ALT_FLIP_STREAM = 0xF11B  # keeps the alternating-flip draw apart from every (seed, epoch) stream
+
+
+def crop_flip(images, pad, generator, flip=None):
     """Random `pad`-pixel translation of uint8 NCHW images (a crop of the reflect-padded image) and a horizontal
-    flip with probability 1/2, as one gather: the padding and the flip live in the index arithmetic."""
+    flip with probability 1/2 (or where the boolean `flip` says), as one gather: the padding and the flip live in the
+    index arithmetic."""
     n, _, height, width = images.shape
     device = images.device
     dy = torch.randint(0, 2 * pad + 1, (n, 1), device=device, generator=generator)
     dx = torch.randint(0, 2 * pad + 1, (n, 1), device=device, generator=generator)
-    flip = torch.rand((n, 1), device=device, generator=generator) < 0.5
+    if flip is None:
+        flip = torch.rand((n, 1), device=device, generator=generator) < 0.5
+    flip = flip.view(n, 1)
     rows = reflect_index(dy - pad + torch.arange(height, device=device), height)          # (n, H)
     cols = reflect_index(dx - pad + torch.arange(width, device=device), width)            # (n, W)
     cols = torch.where(flip, cols.flip(1), cols)
@@ -52,13 +64,15 @@ def cutout(images, size, fill, generator):
 class DeviceBatches:
     """Batches of (normalised float32 NCHW images, int64 labels) from uint8 NHWC arrays copied once to `device`.
 
-    `train=True`: a fresh permutation each pass, plus crop/flip/cutout; otherwise data-set order, no augmentation.
-    The last batch may be short, as with the DataLoader it replaces. Pass k (counted from `epoch`) draws its order
-    and augmentations from (seed, epoch + k) alone, so a resumed run replays its epochs exactly (as data.EpochSampler).
+    `train=True`: a fresh permutation each pass, plus crop/flip/cutout, and the last partial batch dropped (every
+    training step has one shape: one cuDNN autotuning, no recompiling); otherwise data-set order, no augmentation,
+    every image. Pass k (counted from `epoch`) draws its order and augmentations from (seed, epoch + k) alone, so a
+    resumed run replays its epochs exactly (as data.EpochSampler). `alt_flip`: alternating flips instead of random
+    ones (alternating_flip_base).
     """
 
     def __init__(self, images, labels, mean, std, batch_size, device="cpu", train=False, cutout=8, pad=4, seed=0,
-                 channels_last=True, epoch=0):
+                 channels_last=True, epoch=0, alt_flip=False):
         device = torch.device(device)
         self.images = torch.as_tensor(images).to(device).permute(0, 3, 1, 2).contiguous()  # uint8 NCHW
         self.labels = torch.as_tensor(labels, dtype=torch.int64).to(device)
@@ -70,12 +84,16 @@ class DeviceBatches:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.seed, self.epoch = seed, epoch
         self.generator = torch.Generator(device=device)
+        self.flip_base = (torch.as_tensor(alternating_flip_base(len(self.labels), seed), device=device) if alt_flip
+                          else None)
 
     def __len__(self):
+        if self.train:
+            return len(self.labels) // self.batch_size
         return math.ceil(len(self.labels) / self.batch_size)
 
-    def augment(self, images):
-        images = crop_flip(images, self.pad, self.generator)
+    def augment(self, images, flip=None):
+        images = crop_flip(images, self.pad, self.generator, flip)
         if self.cutout:
             images = cutout(images, self.cutout, self.fill, self.generator)
         return images
@@ -88,12 +106,14 @@ class DeviceBatches:
         device = self.labels.device
         seed_sequence = np.random.SeedSequence([self.seed, self.epoch])
         self.generator.manual_seed(int(seed_sequence.generate_state(1, np.uint64)[0] >> 1))
+        odd = self.epoch % 2 == 1
         self.epoch += 1
         order = torch.randperm(n, device=device, generator=self.generator) if self.train else None
-        for start in range(0, n, self.batch_size):
+        for start in range(0, len(self) * self.batch_size if self.train else n, self.batch_size):
             if order is None:
                 images, labels = self.images[start:start + self.batch_size], self.labels[start:start + self.batch_size]
             else:
                 index = order[start:start + self.batch_size]
-                images, labels = self.augment(self.images[index]), self.labels[index]
+                flip = None if self.flip_base is None else self.flip_base[index] ^ odd
+                images, labels = self.augment(self.images[index], flip), self.labels[index]
             yield self.normalize(images), labels

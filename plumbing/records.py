@@ -19,6 +19,7 @@ def record_from_summary(summary):
         "data": summary["data"].split(" in ")[0],  # the data set, not the folder it was read from
         "compile": bool(summary["settings"].get("compile", False)),
         "test_acc_tta": summary.get("test_acc_tta"),
+        **{key: summary[key] for key in ("tta", "warmup_seconds", "eval_seconds") if key in summary},
         "torch": summary["versions"]["torch"],
         "lightning": summary["versions"]["pytorch_lightning"],
     }

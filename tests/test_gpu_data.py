@@ -144,12 +144,14 @@ def test_datamodule_device_path_serves_each_image_once_per_epoch_in_a_new_order(
     dm.setup()
     loader = dm.train_dataloader()
     epochs = [list(loader) for _ in range(2)]
-    assert len(loader) == 4 and [len(b[1]) for b in epochs[0]] == [32, 32, 32, 4]
+    assert len(loader) == 3 and [len(b[1]) for b in epochs[0]] == [32, 32, 32]  # the partial batch is dropped
     images, labels = epochs[0][0]
     assert images.dtype == torch.float32 and images.shape == (32, 3, 32, 32) and labels.dtype == torch.int64
     assert images.is_contiguous(memory_format=torch.channels_last)
-    for epoch in epochs:
-        assert sorted(torch.cat([b[1] for b in epoch]).tolist()) == sorted(dm.train_labels.tolist())
+    counts = np.bincount(dm.train_labels, minlength=10)
+    for epoch in epochs:  # 96 of the 100 images, none twice
+        served = np.bincount(torch.cat([b[1] for b in epoch]).numpy(), minlength=10)
+        assert served.sum() == 96 and (served <= counts).all()
     assert not torch.equal(epochs[0][0][1], epochs[1][0][1])
     test_labels = torch.cat([b[1] for b in dm.test_dataloader()])
     assert torch.equal(test_labels, torch.as_tensor(dm.test_labels))  # evaluation keeps the data-set order

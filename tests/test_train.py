@@ -14,7 +14,8 @@ from tests.conftest import ROOT
 RUN_FILES = ("summary.json", "metrics.csv", "last.ckpt", "curves.png", "misclassified.png", "gradcam.png",
              "confusion.png")
 SUMMARY_KEYS = ("model", "params", "epochs", "batch_size", "train_images", "test_images", "test_acc", "test_loss",
-                "train_seconds", "images_per_second", "device", "seed", "data")
+                "train_seconds", "warmup_seconds", "eval_seconds", "wall_seconds", "train_epoch_seconds",
+                "images_per_second", "device", "seed", "data")
 QUIET = ["--enable-progress-bar", "false", "--num-workers", "0"]
 
 
@@ -38,7 +39,8 @@ def test_summary_fields(synthetic_run):
     assert summary["params"] == 6_573_130 and summary["epochs"] == 3 and summary["seed"] == 3
     assert summary["train_images"] == 500 and summary["test_images"] == 200 and summary["data"] == "synthetic"
     assert 0 <= summary["test_acc"] <= 1 and summary["train_seconds"] > 0
-    assert summary["images_per_second"] == pytest.approx(500 * 3 / summary["train_seconds"], rel=0.01)
+    # 15 full batches of 32 per epoch (the last partial batch is dropped)
+    assert summary["images_per_second"] == pytest.approx(15 * 32 * 3 / summary["train_seconds"], rel=0.01)
 
 
 def test_cpu_training_ends_well_above_chance(synthetic_run):

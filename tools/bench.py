@@ -62,16 +62,21 @@ def pipeline_images_per_second(args, trainer_kwargs, datamodule, warmup, steps):
         trainer = train.make_trainer(args, trainer_kwargs, out, train.EpochMetricsCSV(out / "metrics.csv"),
                                      checkpointing.RunRecord({**vars(args), "trainer": trainer_kwargs}))
         trainer.callbacks.append(clock)
-        trainer.fit(train.make_classifier(args), datamodule=datamodule)
+        trainer.fit(train.make_classifier(args, channels_last=channels_last(args)), datamodule=datamodule)
     return args.batch_size * steps / (clock.end - clock.start)
+
+
+def channels_last(args):
+    """As train.run chooses: channels-last on the device data path and on CUDA."""
+    return args.data_path == "device" or args.accelerator == "gpu"
 
 
 def bare_images_per_second(args, precision, device, warmup, steps):
     model = build_model(args.model, logit_scale=args.logit_scale).to(device)
-    memory_format = torch.channels_last if args.data_path == "device" else torch.contiguous_format
+    memory_format = torch.channels_last if channels_last(args) else torch.contiguous_format
     model.to(memory_format=memory_format)
     if args.compile:
-        model.compile()
+        model = torch.compile(model, dynamic=False)  # as LitClassifier.compile_training
     if args.optimizer == "sgd":
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=args.momentum, nesterov=True,
                                     weight_decay=args.weight_decay)
@@ -130,6 +135,7 @@ def train_arguments(options, folder):
         argv.append("--compile")
     args, trainer_kwargs = train.parse_args(argv)
     args = recipes.resolve(args)
+    args.accelerator = trainer_kwargs["accelerator"]
     if args.lr is None:  # a recipe that takes its LR from the range test: any LR runs at the same speed
         args.lr = 0.01
     return train.hardware_defaults(args, trainer_kwargs)
