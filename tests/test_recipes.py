@@ -34,19 +34,20 @@ def test_from_settings_takes_every_classifier_value_of_a_recipe(name):
         assert value == expected, key
 
 
-def test_the_range_test_suggests_from_the_descent_before_the_lowest_loss():
-    from lr_finder import SKIP_START, steepest_descent
+def test_the_range_test_suggests_a_tenth_of_the_lr_of_the_lowest_loss():
+    from lr_finder import SKIP_START, suggest
 
-    # falls (steepest at step 30), lowest at step 50, blows up, then falls again even faster after the blow-up
-    losses = [2.5] * SKIP_START + [2.5 - 0.01 * i - (0.3 if i >= 20 else 0) for i in range(40)]
+    # falls (fast at first), lowest at step SKIP_START + 39, blows up, then falls again fast after the blow-up
+    losses = [2.5] * SKIP_START + [2.5 - 0.01 * i - (0.3 if i < 3 else 0.3 + 0.01 * i) for i in range(40)]
     losses += [5.0 - 0.2 * i for i in range(10)] + [3.0 - 0.3 * i for i in range(4)]
-    steepest, lowest = steepest_descent(losses)
-    assert lowest == SKIP_START + 39 and steepest in (SKIP_START + 19, SKIP_START + 20)
+    lrs = [1e-5 * 1.2 ** i for i in range(len(losses))]
+    suggested, lowest = suggest(lrs, losses)
+    assert lowest == SKIP_START + 39 and suggested == pytest.approx(lrs[lowest] / 10)
 
 
 def test_a_range_test_without_descent_gives_a_reason():
-    from lr_finder import steepest_descent
+    from lr_finder import suggest
     from plumbing.files import UsageError
 
     with pytest.raises(UsageError, match="lowest at step 1 of 30"):
-        steepest_descent([1.0 + i for i in range(30)])
+        suggest([1e-5 * 2 ** i for i in range(30)], [1.0 + i for i in range(30)])
