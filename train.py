@@ -261,11 +261,7 @@ def make_classifier(args, channels_last=None):
     """The LitClassifier of `args`. `channels_last` (default: on the device data path, whose batches are): the
     network and its batches in channels-last layout, what cuDNN's convolutions run fastest on (train.run turns it
     on for every CUDA run)."""
-    lit = LitClassifier(args.model, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
-                        weight_decay=args.weight_decay, pct_start=args.pct_start, div_factor=args.div_factor,
-                        final_div_factor=args.final_div_factor, label_smoothing=args.label_smoothing,
-                        logit_scale=args.logit_scale, tta=args.tta, tta_translate=option(args, "tta_translate"),
-                        freeze_bn_weight=option(args, "freeze_bn_weight"), bn_bias_lr=option(args, "bn_bias_lr"))
+    lit = LitClassifier.from_settings(vars(args))  # what a notebook calls with a recipe; absent options: defaults
     if args.data_path == "device" if channels_last is None else channels_last:
         lit.model.to(memory_format=torch.channels_last)
         lit.channels_last = True
