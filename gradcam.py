@@ -4,16 +4,9 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from model import DEFAULT_LAYERS, GRADCAM_LAYERS  # noqa: F401 (gradcam.GRADCAM_LAYERS: the layers to look at)
 from plumbing.files import UsageError
 from utils import eval_mode, to_input
-
-# Layers worth looking at, deepest first, with their feature-map size for 32x32 inputs.
-GRADCAM_LAYERS = {
-    "custom_resnet": {"layer3": "4x4", "layer2": "8x8", "res1": "16x16", "layer1": "16x16"},
-    "resnet18": {"layer4": "4x4", "layer3": "8x8", "layer2": "16x16", "layer1": "32x32"},
-}
-# The 8x8 stage: the last 4x4 one is too coarse to tell which part of a 32x32 image counted.
-DEFAULT_LAYERS = {"custom_resnet": "layer2", "resnet18": "layer3"}
 
 
 def target_layer(model, name):

@@ -140,15 +140,16 @@ class LitClassifier(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def load_classifier(path, map_location="cpu", expected_model=None):
-    """A LitClassifier from a checkpoint written by train.py, in eval mode, or a UsageError saying what is wrong.
-
-    `expected_model` (a name from model.MODELS) refuses a checkpoint of another architecture. The file is read
-    once, as plain tensors and containers (weights_only), which is also what makes the checks below possible."""
+def read_classifier_checkpoint(path):
+    """The checkpoint dict at `path`, read once as plain tensors and containers (weights_only), or a UsageError."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"no checkpoint at {path}: train one with train.py (it writes RUN_DIR/last.ckpt)")
-    checkpoint = read_checkpoint(path)
+    return read_checkpoint(path)
+
+
+def classifier_from_checkpoint(checkpoint, path, map_location="cpu", expected_model=None):
+    """The LitClassifier of a checkpoint dict read from `path` (named in the errors), in eval mode."""
     hparams, weights = checkpoint.get("hyper_parameters"), checkpoint.get("state_dict")
     if not isinstance(hparams, dict) or "model_name" not in hparams or not isinstance(weights, dict):
         raise UsageError(f"{path} is not a checkpoint written by train.py (no LitClassifier hyper-parameters "
@@ -164,3 +165,12 @@ def load_classifier(path, map_location="cpu", expected_model=None):
         raise UsageError(f"{path} does not fit a {hparams['model_name']} of this project "
                          f"({type(error).__name__}: {first_line})") from None
     return lit.to(map_location).eval()
+
+
+def load_classifier(path, map_location="cpu", expected_model=None):
+    """A LitClassifier from a checkpoint written by train.py, in eval mode, or a UsageError saying what is wrong.
+
+    `expected_model` (a name from model.MODELS) refuses a checkpoint of another architecture. The file is read
+    once, as plain tensors and containers (weights_only), which is also what makes the checks possible. What serving
+    the network needs besides (classes, mean/std...) is the checkpoint's "inference" record (see app.py)."""
+    return classifier_from_checkpoint(read_classifier_checkpoint(path), Path(path), map_location, expected_model)

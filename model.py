@@ -102,6 +102,13 @@ class ResNet18(nn.Module):
 
 
 MODELS = {"custom_resnet": CustomResNet, "resnet18": ResNet18}
+# Layers worth a GradCAM look (gradcam.py, the app), deepest first, with their feature-map size for 32x32 inputs.
+GRADCAM_LAYERS = {
+    "custom_resnet": {"layer3": "4x4", "layer2": "8x8", "res1": "16x16", "layer1": "16x16"},
+    "resnet18": {"layer4": "4x4", "layer3": "8x8", "layer2": "16x16", "layer1": "32x32"},
+}
+# The 8x8 stage: the last 4x4 one is too coarse to tell which part of a 32x32 image counted.
+DEFAULT_LAYERS = {"custom_resnet": "layer2", "resnet18": "layer3"}
 
 
 def build_model(name, num_classes=10, logit_scale=1.0):

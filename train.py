@@ -270,7 +270,17 @@ def make_classifier(args, channels_last=None):
     return lit
 
 
-def make_trainer(args, trainer_kwargs, out, metrics_csv, run_record):
+def inference_record(args, datamodule, lit):
+    """What serving the network needs, kept in every checkpoint (checkpointing.InferenceRecord; app.py reads it)."""
+    return {"model_name": args.model, "num_classes": lit.hparams.num_classes, "logit_scale": args.logit_scale,
+            "params": count_parameters(lit.model), "classes": tuple(datamodule.classes),
+            "mean": tuple(map(float, datamodule.mean)), "std": tuple(map(float, datamodule.std)),
+            "data": records.data_set_name(datamodule.source), "train_images": len(datamodule.train_set),
+            "recipe": args.recipe, "hyperparameters": {key: getattr(args, key) for key in recipes.SETTINGS}}
+
+
+def make_trainer(args, trainer_kwargs, out, metrics_csv, run_record, inference=None):
+    """`inference`: the record of inference_record(), kept in every checkpoint when given."""
     every_epoch = getattr(args, "ckpt_every_epoch", True)
     callbacks = [
         run_record,  # first: its clock stops at an epoch's end before the other callbacks' epoch-end work
@@ -285,6 +295,8 @@ def make_trainer(args, trainer_kwargs, out, metrics_csv, run_record):
         metrics_csv,
         checkpointing.SeedEachEpoch(args.seed),
     ]
+    if inference is not None:
+        callbacks.append(checkpointing.InferenceRecord(inference, run_record))
     if args.ema:
         # validation, test and last.ckpt use the average
         callbacks.append(EMA(args.ema, every=option(args, "ema_every")))
@@ -333,7 +345,8 @@ def run(args, trainer_kwargs):
     settings = {**vars(args), "trainer": trainer_kwargs}
     metrics_csv = EpochMetricsCSV(out / "metrics.csv")
     run_record = checkpointing.RunRecord(settings)
-    trainer = make_trainer(args, trainer_kwargs, out, metrics_csv, run_record)
+    trainer = make_trainer(args, trainer_kwargs, out, metrics_csv, run_record,
+                           inference_record(args, datamodule, lit))
     trainer.fit(lit, datamodule=datamodule, ckpt_path=resume_from)
     # training epochs only, this session's and, after a resume, the earlier ones' (checkpointing.RunRecord)
     train_seconds, warmup_seconds = run_record.train_seconds(), run_record.warmup_seconds()
@@ -343,6 +356,9 @@ def run(args, trainer_kwargs):
     eval_seconds = run_record.eval_seconds + time.perf_counter() - test_start
     if not trainer.is_global_zero:
         return None
+    test_results = {"test_acc": round(float(test["test_acc"]), 6), "test_images": len(datamodule.test_set),
+                    **({"test_acc_tta": round(float(test["test_acc_tta"]), 6)} if args.tta else {})}
+    checkpointing.record_test_results(out / checkpointing.CHECKPOINT, test_results)  # last.ckpt serves alone
 
     train_images = len(datamodule.train_set)
     trained_images = train_images // args.batch_size * args.batch_size * args.epochs  # the partial batch is dropped

@@ -15,9 +15,10 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from plumbing.files import UsageError, atomic_torch_save
+from plumbing.files import UsageError, atomic_torch_save, describe_device
 
 CHECKPOINT = "last.ckpt"
+INFERENCE = "inference"  # the checkpoint's record of what serving the network needs (InferenceRecord)
 # Options that say where the data is or how it is read and shown, never what is computed: a resume may change them.
 FREE_ON_RESUME = {"out", "resume", "data_dir", "num_workers",
                   "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.accelerator"}
@@ -120,6 +121,28 @@ class RunRecord(pl.Callback):
             self.seconds_before = state_dict["train_seconds"]
         self.resumed_after_epochs = list(state_dict["resumed_after_epochs"])
         self._restored = True
+
+
+class InferenceRecord(pl.Callback):
+    """Keeps in every checkpoint, as checkpoint["inference"], what serving the network needs without its run folder:
+    `record` (model, classes, mean/std of the training data, data set, recipe...) plus the epochs done, the training
+    time and the device. train.py adds the test accuracy once testing is done (record_test_results)."""
+
+    def __init__(self, record, run_record):
+        self.record = record
+        self.run_record = run_record
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        checkpoint[INFERENCE] = {**self.record, "epochs": trainer.current_epoch + 1,
+                                 "train_seconds": round(self.run_record.train_seconds(), 3),
+                                 "device": describe_device(trainer.strategy.root_device)}
+
+
+def record_test_results(path, results):
+    """Adds the test results (plain numbers) to the inference record of the checkpoint at `path`, atomically."""
+    checkpoint = read_checkpoint(path)
+    checkpoint.setdefault(INFERENCE, {}).update(results)
+    atomic_torch_save(checkpoint, path)
 
 
 def epoch_seed(seed, epoch):

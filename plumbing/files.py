@@ -18,6 +18,7 @@ class UsageError(Exception):
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK
+DIR_MODE = 0o777 & ~_UMASK
 
 
 def atomic_write_bytes(path, data: bytes):

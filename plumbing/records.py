@@ -11,12 +11,17 @@ RUN_KEYS = ("recipe", "model", "epochs", "batch_size", "seed", "device", "data",
             "data_path", "precision", "compile", "test_acc", "test_acc_tta", "wall_seconds", "train_seconds", "torch")
 
 
+def data_set_name(source):
+    """'CIFAR-10 (official) in /some/folder' -> 'CIFAR-10 (official)': the data set, not where it was read from."""
+    return source.split(" in ")[0]
+
+
 def record_from_summary(summary):
     """The time-to-accuracy record of one train.py run (its summary.json)."""
     return {
         "kind": RUN,
         **{key: summary.get(key) for key in RUN_KEYS if key in summary},
-        "data": summary["data"].split(" in ")[0],  # the data set, not the folder it was read from
+        "data": data_set_name(summary["data"]),
         "compile": bool(summary["settings"].get("compile", False)),
         "test_acc_tta": summary.get("test_acc_tta"),
         **{key: summary[key] for key in ("tta", "warmup_seconds", "eval_seconds") if key in summary},

@@ -5,10 +5,12 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import app
 from data import CIFAR10DataModule, CLASSES
+from plumbing.checkpointing import INFERENCE
 from plumbing.files import UsageError
 
 
@@ -65,8 +67,24 @@ def test_missing_or_broken_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert err.startswith("error: ") and "is not a readable checkpoint" in err and "Traceback" not in err
 
 
-def test_without_the_runs_data_it_falls_back_and_says_so(tiny_run, tmp_path, cifar_dir):
-    shutil.copy(tiny_run / "last.ckpt", tmp_path / "last.ckpt")
+def test_the_checkpoint_alone_serves_uploads(tiny_run, tmp_path, photo):
+    shutil.copy(tiny_run / "last.ckpt", tmp_path / "last.ckpt")  # the run folder is gone: no summary.json, no data
+    alone = app.load_demo(tmp_path / "last.ckpt")
+    dm = CIFAR10DataModule(synthetic=True, train_size=100, test_size=60, seed=0, num_workers=0)
+    dm.setup()
+    assert (alone.mean, alone.std, alone.classes) == (dm.mean, dm.std, CLASSES)  # from the checkpoint's record
+    assert alone.test_images is None and "stored in the checkpoint" in alone.data_note
+    assert "no readable summary.json" in alone.data_note and "--data-dir" in alone.data_note
+    assert app.mistakes_gallery(alone, 4) == ([], alone.data_note)
+    probs, *_ = app.analyse_upload(alone, photo, "layer2")
+    assert probs == app.analyse_upload(app.load_demo(tiny_run / "last.ckpt"), photo, "layer2")[0]
+    assert "% test accuracy after 1 epochs" in app.serving.title(alone)  # from the checkpoint's record
+
+
+def test_a_checkpoint_without_inference_record_falls_back_and_says_so(tiny_run, tmp_path, cifar_dir):
+    checkpoint = torch.load(tiny_run / "last.ckpt", weights_only=True)
+    del checkpoint[INFERENCE]  # as written by an older train.py
+    torch.save(checkpoint, tmp_path / "last.ckpt")
     alone = app.load_demo(tmp_path / "last.ckpt")  # no summary.json beside it
     assert alone.test_images is None and (alone.mean, alone.std) == (app.CIFAR10_MEAN, app.CIFAR10_STD)
     assert "no readable summary.json" in alone.data_note and "--data-dir" in alone.data_note
