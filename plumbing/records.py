@@ -6,7 +6,8 @@ from pathlib import Path
 from plumbing.files import atomic_write_json
 
 RUN, THROUGHPUT = "time_to_accuracy", "throughput"
-APP_LATENCY = "app_latency"  # tools/bench_app.py: read by people, not by the tables
+# Latency reports of tools/bench_app.py and tools/bench_space.py: read by people, not by the tables.
+APP_LATENCY, SPACE_LATENCY = "app_latency", "space_latency"
 RUN_KEYS = ("recipe", "model", "epochs", "batch_size", "seed", "device", "data", "train_images", "test_images",
             "data_path", "precision", "compile", "test_acc", "test_acc_tta", "wall_seconds", "train_seconds", "torch")
 

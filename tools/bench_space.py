@@ -31,6 +31,7 @@ import app  # noqa: E402
 from data import make_synthetic  # noqa: E402
 from model import DEFAULT_LAYERS  # noqa: E402
 from plumbing.files import atomic_write_json, describe_device  # noqa: E402
+from plumbing.records import SPACE_LATENCY  # noqa: E402
 from plumbing.space import folder_bytes  # noqa: E402
 from tools.bench_app import free_port, timings_ms  # noqa: E402
 
@@ -86,6 +87,7 @@ def main(argv=None):
             finally:
                 stop(process)
         result = {
+            "kind": SPACE_LATENCY,
             "what": "the Space exported by app.py --export-space, run as python app.py with the project off the path: "
                     "folder size, seconds from starting the process to the page's first answer, and wall-clock ms "
                     "per upload of a 640x480 JPEG through gradio_client /analyse (top classes + GradCAM at the default layer)",

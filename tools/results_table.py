@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from plumbing.files import UsageError, atomic_write_text  # noqa: E402
-from plumbing.records import APP_LATENCY, RUN, RUN_KEYS, THROUGHPUT  # noqa: E402
+from plumbing.records import APP_LATENCY, RUN, RUN_KEYS, SPACE_LATENCY, THROUGHPUT  # noqa: E402
 
 # Runs that differ only in the seed are one row of the table.
 GROUP_KEYS = ("recipe", "model", "epochs", "batch_size", "device", "data", "train_images", "test_images",
@@ -34,7 +34,7 @@ def load_records(folder):
         except (ValueError, KeyError, TypeError) as error:
             raise UsageError(f"{path} is not a results record ({type(error).__name__}: {error}); fix or remove "
                              "it") from None
-        if kind == APP_LATENCY:
+        if kind in (APP_LATENCY, SPACE_LATENCY):
             continue
         if kind not in found:
             raise UsageError(f"{path} has kind {kind!r}, expected {RUN!r} or {THROUGHPUT!r}")
