@@ -84,3 +84,12 @@ def test_bad_files_and_missing_markers_are_clear_errors(results_dir, tmp_path, c
     readme.write_text("# no markers\n")
     assert results_table.main(["--results-dir", str(results_dir), "--readme", str(readme)]) == 2
     assert capsys.readouterr().err.startswith("error: ") and readme.read_text() == "# no markers\n"
+
+
+def test_the_committed_records_give_the_committed_readme_tables(tmp_path):
+    from tests.conftest import ROOT
+
+    readme = tmp_path / "README.md"
+    readme.write_text((ROOT / "README.md").read_text())
+    assert results_table.main(["--results-dir", str(ROOT / "results"), "--readme", str(readme)]) == 0
+    assert readme.read_text() == (ROOT / "README.md").read_text(), "run python tools/results_table.py"
