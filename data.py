@@ -2,15 +2,19 @@
 
 Images are kept as uint8 arrays of shape (N, 32, 32, 3) until the transforms turn them into normalised tensors.
 """
+import http.client
 import os
 import pickle
 import random
+import socket
+import time
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from filelock import FileLock
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from plumbing.files import UsageError
@@ -24,6 +28,9 @@ CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
 FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILES = ("test_batch",)
+DOWNLOAD_TIMEOUT = 30  # seconds without a byte from the server before a download attempt counts as stalled
+DOWNLOAD_ATTEMPTS = 3  # attempts after a stalled or cut connection (not after a refused one: that is being offline)
+DOWNLOAD_RETRY_WAIT = 5  # seconds between attempts
 DATA_PATHS = ("loader", "device")  # albumentations in DataLoader workers, or gpu_data.DeviceBatches on the device
 
 
@@ -48,29 +55,74 @@ def download_cifar10(data_dir, url=None, md5=CIFAR_MD5) -> Path:
     folder = cifar_folder(data_dir)
     if has_cifar10(data_dir):
         return folder
-    from torchvision.datasets.utils import download_url, extract_archive  # only needed here
-
-    root, archive = folder.parent, folder.parent / os.path.basename(url)
     missing = [name for name in TRAIN_FILES + TEST_FILES if not (folder / name).is_file()]
     absent = f"{folder} lacks {', '.join(missing)}" if folder.is_dir() else f"CIFAR-10 is not in {folder}"
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        download_url(url, str(root), md5=md5)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(folder.parent / ".cifar-10-download.lock")
+        lock.acquire()
+    except OSError as error:  # a read-only folder
+        raise UsageError(f"{absent} and cannot be downloaded there ({type(error).__name__}: {error}). Put a '{FOLDER}' "
+                         "folder in --data-dir, or use --synthetic.") from None
+    # Processes that start together (DDP under torchrun, nodes sharing the folder) download one at a time: the
+    # later ones find the batches there.
+    try:
+        return folder if has_cifar10(data_dir) else fetch_and_unpack(url, folder, md5, absent)
+    finally:
+        lock.release()
+
+
+def fetch_and_unpack(url, folder, md5, absent):
+    from torchvision.datasets.utils import download_url, extract_archive  # only needed here
+
+    root, archive = folder.parent, folder.parent / os.path.basename(url)
+    try:
+        download_with_retries(download_url, url, root, md5)
     except RuntimeError:  # torchvision's "File not found or corrupted.": the downloaded file fails the MD5 check
         archive.unlink(missing_ok=True)
         raise UsageError(f"{absent}, and the archive downloaded from {url} is corrupt (its MD5 checksum is not "
                          f"{md5}), so it was deleted: run again to download it afresh, put a '{FOLDER}' folder in "
                          "--data-dir, or use --synthetic") from None
     except Exception as error:  # URLError, HTTPError, socket timeouts, a read-only folder
+        archive.unlink(missing_ok=True)  # a partial download (a complete one would not have been fetched again)
+        if stalled_or_cut(error):
+            raise UsageError(f"{absent} and the download from {url} stalled or was cut {DOWNLOAD_ATTEMPTS} times "
+                             f"(the last time: {type(error).__name__}: {error}; a stall is {DOWNLOAD_TIMEOUT} s without "
+                             f"data). Try again later, download the archive elsewhere and put its '{FOLDER}' folder in "
+                             "--data-dir, or use --synthetic.") from None
         raise UsageError(f"{absent} and could not be downloaded from {url} ({type(error).__name__}: {error}). "
                          f"Put a '{FOLDER}' folder in --data-dir, or use --synthetic.") from None
     try:
         extract_archive(str(archive), str(root))
     except Exception as error:  # a tar error despite the right MD5 means a full disk or a foreign archive
         raise UsageError(f"{archive} could not be unpacked into {root} ({type(error).__name__}: {error})") from None
-    if not has_cifar10(data_dir):
+    if not has_cifar10(folder):
         raise UsageError(f"the archive from {url} did not contain {FOLDER}/ with {', '.join(TRAIN_FILES + TEST_FILES)}")
     return folder
+
+
+def stalled_or_cut(error):
+    reason = getattr(error, "reason", error)  # urllib's URLError wraps the socket's error
+    return isinstance(reason, (TimeoutError, ConnectionResetError, http.client.IncompleteRead))
+
+
+def download_with_retries(download_url, url, root, md5):
+    """torchvision's download_url with a timeout on every socket operation (it sets none, so a stalled connection
+    would wait for ever) and DOWNLOAD_ATTEMPTS attempts after a stall or a cut connection."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)  # what urllib uses when given no timeout
+    try:
+        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+            try:
+                return download_url(url, str(root), md5=md5)
+            except Exception as error:
+                if attempt == DOWNLOAD_ATTEMPTS or not stalled_or_cut(error):
+                    raise
+                print(f"download attempt {attempt} of {DOWNLOAD_ATTEMPTS} failed ({type(error).__name__}: {error}); "
+                      f"trying again in {DOWNLOAD_RETRY_WAIT} s")
+                time.sleep(DOWNLOAD_RETRY_WAIT)
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def read_batch(path):
