@@ -15,10 +15,11 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from filelock import FileLock
-from torch.utils.data import DataLoader, Dataset, Sampler
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from plumbing.files import UsageError
-from plumbing.gpu_data import DeviceBatches
+from plumbing.gpu_data import DeviceBatches, global_batches, rank_slice
 from recipes import DEFAULT
 from utils import cached_channel_stats, channel_stats, eval_transforms, train_transforms
 
@@ -245,25 +246,41 @@ class ImageArrayDataset(Dataset):
         return [(self.transform(image=self.images[i])["image"], int(self.labels[i])) for i in keys]
 
 
-class EpochSampler(Sampler):
+class EpochSampler(DistributedSampler):
     """Shuffles with a permutation drawn from (seed, epoch), not from a running random state, and hands out Draws.
 
     Any epoch can thus be replayed exactly, after a resume (Lightning calls set_epoch) and with any number of
-    workers. Without set_epoch calls (a plain loop) every pass still counts as the next epoch."""
+    workers. Without set_epoch calls (a plain loop) every pass still counts as the next epoch.
 
-    def __init__(self, size, seed, epoch=0):
+    Under DDP, process `rank` of `num_replicas` takes its share of every global batch of `batch_size` images of the
+    permutation (gpu_data.rank_slice): the shares are disjoint, their union is the epoch's permutation, and at each
+    step the processes' batches together are the one-device batch (only a last batch with fewer images than there
+    are processes is topped up from the epoch's start, so that every process takes the same number of steps). It is a DistributedSampler so that Lightning
+    uses it as it is, rather than wrapping it in a sampler that would not pass set_epoch on."""
+
+    # DistributedSampler.__init__ is not called: it would pad the shares and needs a data set.
+    def __init__(self, size, seed, epoch=0, num_replicas=1, rank=0, batch_size=None):
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not one of the {num_replicas} processes")
+        if num_replicas > 1 and (batch_size is None or batch_size % num_replicas):
+            raise ValueError(f"the global batch of {batch_size} does not split evenly between {num_replicas} processes")
         self.size, self.seed, self.epoch = size, seed, epoch
+        self.num_replicas, self.rank, self.batch_size = num_replicas, rank, batch_size or size
 
     def set_epoch(self, epoch):
         self.epoch = epoch
 
     def __len__(self):
-        return self.size
+        full, rest = divmod(self.size, self.batch_size)
+        last = rank_slice(max(rest, self.num_replicas), self.num_replicas, self.rank) if rest else slice(0, 0)
+        return full * (self.batch_size // self.num_replicas) + last.stop - last.start
 
     def __iter__(self):
         epoch, self.epoch = self.epoch, self.epoch + 1
         order = np.random.default_rng([self.seed, epoch]).permutation(self.size)
-        return iter([Draw(int(i), self.seed, epoch) for i in order])
+        mine = [batch[rank_slice(len(batch), self.num_replicas, self.rank)]
+                for batch in global_batches(order, self.batch_size, self.num_replicas)]
+        return iter([Draw(int(i), self.seed, epoch) for i in np.concatenate(mine)])
 
 
 # ------------------------------------------------------------------------------------------------------ DataModule
@@ -295,6 +312,9 @@ class CIFAR10DataModule(pl.LightningDataModule):
 
     `data_path="device"` serves the same augmentations from the whole data set held on the training device
     (gpu_data.DeviceBatches) instead of DataLoader workers.
+
+    `batch_size` is the global batch: under DDP each of N processes gets batch_size / N images of it (so a recipe's
+    batch and learning rate mean the same on any number of devices), and evaluates its own 1/N of the test split.
     """
 
     def __init__(self, data_dir="data", batch_size=DEFAULT["batch_size"], synthetic=False, train_size=None,
@@ -342,14 +362,27 @@ class CIFAR10DataModule(pl.LightningDataModule):
                                            train_transforms(self.mean, self.std, cutout=hp.cutout))
         self.test_set = ImageArrayDataset(self.test_images, self.test_labels, eval_transforms(self.mean, self.std))
 
-    def _loader(self, dataset, shuffle):
+    def _loader(self, dataset, shuffle, shard=True):
         epoch = max(self.resume_epoch, self._next_epoch())
-        if self.hparams.data_path == "device":
-            return self._device_batches(dataset, train=shuffle, epoch=epoch)  # shuffled = augmented
-        sampler = EpochSampler(len(dataset), self.hparams.seed, epoch) if shuffle else None
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler,
+        replicas, rank = self._processes() if shard else (1, 0)
+        if self.hparams.data_path == "device":  # shuffled = augmented
+            return self._device_batches(dataset, train=shuffle, epoch=epoch, replicas=replicas, rank=rank)
+        if shuffle:
+            sampler = EpochSampler(len(dataset), self.hparams.seed, epoch, replicas, rank, self.hparams.batch_size)
+        else:  # each process evaluates its own part, none twice (a DistributedSampler would pad with repeats)
+            sampler = UnrepeatedDistributedSampler(dataset, replicas, rank, shuffle=False) if replicas > 1 else None
+        return DataLoader(dataset, batch_size=self.hparams.batch_size // replicas, sampler=sampler,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           pin_memory=torch.cuda.is_available())
+
+    def _processes(self):
+        """(number of processes, this one's rank) of the Trainer's DDP run; batch_size is the global batch."""
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        if self.hparams.batch_size % replicas:
+            raise UsageError(f"--batch-size {self.hparams.batch_size} is the global batch and must split evenly "
+                             f"between the {replicas} processes (devices x nodes)")
+        return replicas, rank
 
     def _next_epoch(self):
         return self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
@@ -362,17 +395,14 @@ class CIFAR10DataModule(pl.LightningDataModule):
     def load_state_dict(self, state_dict):
         self.resume_epoch = state_dict["next_epoch"]
 
-    def _device_batches(self, dataset, train, epoch):
+    def _device_batches(self, dataset, train, epoch, replicas, rank):
         trainer = self.trainer
-        if trainer is not None and trainer.world_size > 1:
-            raise UsageError("--data-path device keeps the data set on one device; use --data-path loader to train "
-                             f"on {trainer.world_size} devices")
         # Outside a Trainer (the LR range test) the batches go where find_lr puts the model.
         device = trainer.strategy.root_device if trainer is not None else ("cuda" if torch.cuda.is_available()
                                                                              else "cpu")
         hp = self.hparams
         return DeviceBatches(dataset.images, dataset.labels, self.mean, self.std, hp.batch_size, device=device,
-                             train=train, cutout=hp.cutout, seed=hp.seed, epoch=epoch)
+                             train=train, cutout=hp.cutout, seed=hp.seed, epoch=epoch, num_replicas=replicas, rank=rank)
 
     def train_dataloader(self):
         return self._loader(self.train_set, shuffle=True)
@@ -382,3 +412,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
 
     def test_dataloader(self):
         return self._loader(self.test_set, shuffle=False)
+
+    def predict_dataloader(self):
+        """The whole test split in one process, also under DDP (for the run folder's plots)."""
+        return self._loader(self.test_set, shuffle=False, shard=False)

@@ -49,16 +49,43 @@ def cutout(images, size, fill, generator):
     return torch.where(hole, fill, images)
 
 
+def rank_slice(length, num_replicas, rank):
+    """The part of `length` items that process `rank` of `num_replicas` takes: nearly equal consecutive parts, as
+    np.array_split cuts them (the first length % num_replicas parts one item longer)."""
+    size, extra = divmod(length, num_replicas)
+    start = rank * size + min(rank, extra)
+    return slice(start, start + size + (rank < extra))
+
+
+def global_batches(order, batch_size, num_replicas):
+    """The global batches of one epoch's `order` (an index array or tensor), each at least `num_replicas` long so that
+    every process gets an image: a last batch shorter than that is topped up from the epoch's start."""
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        if len(batch) < num_replicas:
+            batch = order[np.arange(start, start + num_replicas) % len(order)]
+        yield batch
+
+
 class DeviceBatches:
     """Batches of (normalised float32 NCHW images, int64 labels) from uint8 NHWC arrays copied once to `device`.
 
     `train=True`: a fresh permutation each pass, plus crop/flip/cutout; otherwise data-set order, no augmentation.
     The last batch may be short, as with the DataLoader it replaces. Pass k (counted from `epoch`) draws its order
     and augmentations from (seed, epoch + k) alone, so a resumed run replays its epochs exactly (as data.EpochSampler).
+
+    Under DDP each of the `num_replicas` processes holds the whole data set on its own device. In training, every
+    process draws the same permutation and augments each whole global batch of `batch_size` images (a few index
+    operations), then keeps its own `rank_slice` of it: the processes' slices together are exactly the one-device
+    batch, images and augmentations alike. In evaluation each process takes its own consecutive part of the data.
     """
 
     def __init__(self, images, labels, mean, std, batch_size, device="cpu", train=False, cutout=8, pad=4, seed=0,
-                 channels_last=True, epoch=0):
+                 channels_last=True, epoch=0, num_replicas=1, rank=0):
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not one of the {num_replicas} processes")
+        if batch_size % num_replicas:
+            raise ValueError(f"the global batch of {batch_size} does not split evenly between {num_replicas} processes")
         device = torch.device(device)
         self.images = torch.as_tensor(images).to(device).permute(0, 3, 1, 2).contiguous()  # uint8 NCHW
         self.labels = torch.as_tensor(labels, dtype=torch.int64).to(device)
@@ -69,10 +96,16 @@ class DeviceBatches:
         self.batch_size, self.train, self.cutout, self.pad = batch_size, train, cutout, pad
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.seed, self.epoch = seed, epoch
+        self.num_replicas, self.rank, self.local_batch = num_replicas, rank, batch_size // num_replicas
         self.generator = torch.Generator(device=device)
 
     def __len__(self):
-        return math.ceil(len(self.labels) / self.batch_size)
+        if self.train:  # one slice of every global batch
+            return math.ceil(len(self.labels) / self.batch_size)
+        return math.ceil(len(range(len(self.labels))[self._eval_part()]) / self.local_batch)
+
+    def _eval_part(self):
+        return rank_slice(len(self.labels), self.num_replicas, self.rank)
 
     def augment(self, images):
         images = crop_flip(images, self.pad, self.generator)
@@ -89,11 +122,13 @@ class DeviceBatches:
         seed_sequence = np.random.SeedSequence([self.seed, self.epoch])
         self.generator.manual_seed(int(seed_sequence.generate_state(1, np.uint64)[0] >> 1))
         self.epoch += 1
-        order = torch.randperm(n, device=device, generator=self.generator) if self.train else None
-        for start in range(0, n, self.batch_size):
-            if order is None:
-                images, labels = self.images[start:start + self.batch_size], self.labels[start:start + self.batch_size]
-            else:
-                index = order[start:start + self.batch_size]
-                images, labels = self.augment(self.images[index]), self.labels[index]
-            yield self.normalize(images), labels
+        if not self.train:
+            part = self._eval_part()
+            for start in range(part.start, part.stop, self.local_batch):
+                end = min(start + self.local_batch, part.stop)
+                yield self.normalize(self.images[start:end]), self.labels[start:end]
+            return
+        order = torch.randperm(n, device=device, generator=self.generator)
+        for index in global_batches(order, self.batch_size, self.num_replicas):
+            mine = rank_slice(len(index), self.num_replicas, self.rank)
+            yield self.normalize(self.augment(self.images[index])[mine]), self.labels[index[mine]]

@@ -50,7 +50,7 @@ send_back() {  # the device tool returns at most 8 files: one archive of every r
 train_seeds() {  # NAME TRAIN.PY-FLAGS...: one run per seed, each writing its record into results/
     local name=$1; shift
     for seed in $SEEDS; do
-        "$PY" train.py --data-dir data --seed "$seed" --out "runs/$name-seed$seed" --results-dir results \
+        "$PY" train.py --data-dir data --seed "$seed" --out "runs/$name-seed$seed" --overwrite --results-dir results \
             --enable-progress-bar false "$@"
         send_back
     done
