@@ -2,19 +2,24 @@
 
 Images are kept as uint8 arrays of shape (N, 32, 32, 3) until the transforms turn them into normalised tensors.
 """
+import http.client
 import os
 import pickle
 import random
+import socket
+import time
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from filelock import FileLock
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from plumbing.files import UsageError
-from plumbing.gpu_data import DeviceBatches, alternating_flip_base
+from plumbing.gpu_data import DeviceBatches, alternating_flip_base, rank_slice
 from recipes import DEFAULT
 from utils import cached_channel_stats, channel_stats, eval_transforms, train_transforms
 
@@ -24,6 +29,9 @@ CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
 FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILES = ("test_batch",)
+DOWNLOAD_TIMEOUT = 30  # seconds without a byte from the server before a download attempt counts as stalled
+DOWNLOAD_ATTEMPTS = 3  # attempts after a stalled or cut connection (not after a refused one: that is being offline)
+DOWNLOAD_RETRY_WAIT = 5  # seconds between attempts
 DATA_PATHS = ("loader", "device")  # albumentations in DataLoader workers, or gpu_data.DeviceBatches on the device
 
 
@@ -48,29 +56,74 @@ def download_cifar10(data_dir, url=None, md5=CIFAR_MD5) -> Path:
     folder = cifar_folder(data_dir)
     if has_cifar10(data_dir):
         return folder
-    from torchvision.datasets.utils import download_url, extract_archive  # only needed here
-
-    root, archive = folder.parent, folder.parent / os.path.basename(url)
     missing = [name for name in TRAIN_FILES + TEST_FILES if not (folder / name).is_file()]
     absent = f"{folder} lacks {', '.join(missing)}" if folder.is_dir() else f"CIFAR-10 is not in {folder}"
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        download_url(url, str(root), md5=md5)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(folder.parent / ".cifar-10-download.lock")
+        lock.acquire()
+    except OSError as error:  # a read-only folder
+        raise UsageError(f"{absent} and cannot be downloaded there ({type(error).__name__}: {error}). Put a '{FOLDER}' "
+                         "folder in --data-dir, or use --synthetic.") from None
+    # Processes that start together (DDP under torchrun, nodes sharing the folder) download one at a time: the
+    # later ones find the batches there.
+    try:
+        return folder if has_cifar10(data_dir) else fetch_and_unpack(url, folder, md5, absent)
+    finally:
+        lock.release()
+
+
+def fetch_and_unpack(url, folder, md5, absent):
+    from torchvision.datasets.utils import download_url, extract_archive  # only needed here
+
+    root, archive = folder.parent, folder.parent / os.path.basename(url)
+    try:
+        download_with_retries(download_url, url, root, md5)
     except RuntimeError:  # torchvision's "File not found or corrupted.": the downloaded file fails the MD5 check
         archive.unlink(missing_ok=True)
         raise UsageError(f"{absent}, and the archive downloaded from {url} is corrupt (its MD5 checksum is not "
                          f"{md5}), so it was deleted: run again to download it afresh, put a '{FOLDER}' folder in "
                          "--data-dir, or use --synthetic") from None
     except Exception as error:  # URLError, HTTPError, socket timeouts, a read-only folder
+        archive.unlink(missing_ok=True)  # a partial download (a complete one would not have been fetched again)
+        if stalled_or_cut(error):
+            raise UsageError(f"{absent} and the download from {url} stalled or was cut {DOWNLOAD_ATTEMPTS} times "
+                             f"(the last time: {type(error).__name__}: {error}; a stall is {DOWNLOAD_TIMEOUT} s without "
+                             f"data). Try again later, download the archive elsewhere and put its '{FOLDER}' folder in "
+                             "--data-dir, or use --synthetic.") from None
         raise UsageError(f"{absent} and could not be downloaded from {url} ({type(error).__name__}: {error}). "
                          f"Put a '{FOLDER}' folder in --data-dir, or use --synthetic.") from None
     try:
         extract_archive(str(archive), str(root))
     except Exception as error:  # a tar error despite the right MD5 means a full disk or a foreign archive
         raise UsageError(f"{archive} could not be unpacked into {root} ({type(error).__name__}: {error})") from None
-    if not has_cifar10(data_dir):
+    if not has_cifar10(folder):
         raise UsageError(f"the archive from {url} did not contain {FOLDER}/ with {', '.join(TRAIN_FILES + TEST_FILES)}")
     return folder
+
+
+def stalled_or_cut(error):
+    reason = getattr(error, "reason", error)  # urllib's URLError wraps the socket's error
+    return isinstance(reason, (TimeoutError, ConnectionResetError, http.client.IncompleteRead))
+
+
+def download_with_retries(download_url, url, root, md5):
+    """torchvision's download_url with a timeout on every socket operation (it sets none, so a stalled connection
+    would wait for ever) and DOWNLOAD_ATTEMPTS attempts after a stall or a cut connection."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)  # what urllib uses when given no timeout
+    try:
+        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+            try:
+                return download_url(url, str(root), md5=md5)
+            except Exception as error:
+                if attempt == DOWNLOAD_ATTEMPTS or not stalled_or_cut(error):
+                    raise
+                print(f"download attempt {attempt} of {DOWNLOAD_ATTEMPTS} failed ({type(error).__name__}: {error}); "
+                      f"trying again in {DOWNLOAD_RETRY_WAIT} s")
+                time.sleep(DOWNLOAD_RETRY_WAIT)
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def read_batch(path):
@@ -202,25 +255,39 @@ class ImageArrayDataset(Dataset):
         return self.images[i]
 
 
-class EpochSampler(Sampler):
+class EpochSampler(DistributedSampler):
     """Shuffles with a permutation drawn from (seed, epoch), not from a running random state, and hands out Draws.
 
     Any epoch can thus be replayed exactly, after a resume (Lightning calls set_epoch) and with any number of
-    workers. Without set_epoch calls (a plain loop) every pass still counts as the next epoch."""
+    workers. Without set_epoch calls (a plain loop) every pass still counts as the next epoch.
 
-    def __init__(self, size, seed, epoch=0):
+    Under DDP, process `rank` of `num_replicas` takes its share of every global batch of `batch_size` images of the
+    permutation (gpu_data.rank_slice): the shares are disjoint, and at each step the processes' batches together are
+    the one-device batch. The last partial global batch is dropped, as training drops it (one batch shape). It is a
+    DistributedSampler so that Lightning uses it as it is, rather than wrapping it in a sampler that would not pass
+    set_epoch on."""
+
+    # DistributedSampler.__init__ is not called: it would pad the shares and needs a data set.
+    def __init__(self, size, seed, epoch=0, num_replicas=1, rank=0, batch_size=None):
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not one of the {num_replicas} processes")
+        if num_replicas > 1 and (batch_size is None or batch_size % num_replicas):
+            raise ValueError(f"the global batch of {batch_size} does not split evenly between {num_replicas} processes")
         self.size, self.seed, self.epoch = size, seed, epoch
+        self.num_replicas, self.rank, self.batch_size = num_replicas, rank, batch_size or size
 
     def set_epoch(self, epoch):
         self.epoch = epoch
 
     def __len__(self):
-        return self.size
+        return self.size // self.batch_size * (self.batch_size // self.num_replicas)
 
     def __iter__(self):
         epoch, self.epoch = self.epoch, self.epoch + 1
         order = np.random.default_rng([self.seed, epoch]).permutation(self.size)
-        return iter([Draw(int(i), self.seed, epoch) for i in order])
+        batches = order[:self.size // self.batch_size * self.batch_size].reshape(-1, self.batch_size)
+        mine = batches[:, rank_slice(self.batch_size, self.num_replicas, self.rank)].reshape(-1)
+        return iter([Draw(int(i), self.seed, epoch) for i in mine])
 
 
 # ------------------------------------------------------------------------------------------------------ DataModule
@@ -254,6 +321,9 @@ class CIFAR10DataModule(pl.LightningDataModule):
     (gpu_data.DeviceBatches) instead of DataLoader workers. Training drops the last partial batch (one batch shape
     throughout); evaluation sees every image. `alt_flip=True`: alternating flips (gpu_data.alternating_flip_base)
     in place of random ones.
+
+    `batch_size` is the global batch: under DDP each of N processes gets batch_size / N images of it (so a recipe's
+    batch and learning rate mean the same on any number of devices), and evaluates its own 1/N of the test split.
     """
 
     def __init__(self, data_dir="data", batch_size=DEFAULT["batch_size"], synthetic=False, train_size=None,
@@ -304,14 +374,27 @@ class CIFAR10DataModule(pl.LightningDataModule):
             flip_base=alternating_flip_base(len(self.train_labels), hp.seed) if hp.alt_flip else None)
         self.test_set = ImageArrayDataset(self.test_images, self.test_labels, eval_transforms(self.mean, self.std))
 
-    def _loader(self, dataset, shuffle):
+    def _loader(self, dataset, shuffle, shard=True):
         epoch = max(self.resume_epoch, self._next_epoch())
-        if self.hparams.data_path == "device":
-            return self._device_batches(dataset, train=shuffle, epoch=epoch)  # shuffled = augmented
-        sampler = EpochSampler(len(dataset), self.hparams.seed, epoch) if shuffle else None
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler, drop_last=shuffle,
+        replicas, rank = self._processes() if shard else (1, 0)
+        if self.hparams.data_path == "device":  # shuffled = augmented
+            return self._device_batches(dataset, train=shuffle, epoch=epoch, replicas=replicas, rank=rank)
+        if shuffle:  # full global batches only (EpochSampler drops the partial one)
+            sampler = EpochSampler(len(dataset), self.hparams.seed, epoch, replicas, rank, self.hparams.batch_size)
+        else:  # each process evaluates its own part, none twice (a DistributedSampler would pad with repeats)
+            sampler = UnrepeatedDistributedSampler(dataset, replicas, rank, shuffle=False) if replicas > 1 else None
+        return DataLoader(dataset, batch_size=self.hparams.batch_size // replicas, sampler=sampler,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           pin_memory=torch.cuda.is_available())
+
+    def _processes(self):
+        """(number of processes, this one's rank) of the Trainer's DDP run; batch_size is the global batch."""
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        if self.hparams.batch_size % replicas:
+            raise UsageError(f"--batch-size {self.hparams.batch_size} is the global batch and must split evenly "
+                             f"between the {replicas} processes (devices x nodes)")
+        return replicas, rank
 
     def _next_epoch(self):
         return self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
@@ -324,17 +407,15 @@ class CIFAR10DataModule(pl.LightningDataModule):
     def load_state_dict(self, state_dict):
         self.resume_epoch = state_dict["next_epoch"]
 
-    def _device_batches(self, dataset, train, epoch):
+    def _device_batches(self, dataset, train, epoch, replicas, rank):
         trainer = self.trainer
-        if trainer is not None and trainer.world_size > 1:
-            raise UsageError("--data-path device keeps the data set on one device; use --data-path loader to train "
-                             f"on {trainer.world_size} devices")
         # Outside a Trainer (the LR range test) the batches go where find_lr puts the model.
         device = trainer.strategy.root_device if trainer is not None else ("cuda" if torch.cuda.is_available()
                                                                              else "cpu")
         hp = self.hparams
         return DeviceBatches(dataset.images, dataset.labels, self.mean, self.std, hp.batch_size, device=device,
-                             train=train, cutout=hp.cutout, seed=hp.seed, epoch=epoch, alt_flip=train and hp.alt_flip)
+                             train=train, cutout=hp.cutout, seed=hp.seed, epoch=epoch, alt_flip=train and hp.alt_flip,
+                             num_replicas=replicas, rank=rank)
 
     def train_dataloader(self):
         if len(self.train_set) < self.hparams.batch_size:  # the partial batch is dropped: nothing would be left
@@ -349,4 +430,5 @@ class CIFAR10DataModule(pl.LightningDataModule):
         return self._loader(self.test_set, shuffle=False)
 
     def predict_dataloader(self):
-        return self._loader(self.test_set, shuffle=False)
+        """The whole test split in one process, also under DDP (for the run folder's plots)."""
+        return self._loader(self.test_set, shuffle=False, shard=False)

@@ -6,6 +6,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from model import build_model
@@ -67,6 +68,14 @@ class LitClassifier(pl.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.test_acc_tta = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        # Each epoch's mean loss. A torchmetrics metric rather than self.log(loss, sync_dist=True), whose mean over
+        # DDP processes divides their summed image count by their number in integers (wrong for unequal shares);
+        # nan_strategy="disable" spares a GPU -> CPU sync at every step.
+        self.train_loss, self.val_loss, self.test_loss = (MeanMetric(nan_strategy="disable") for _ in range(3))
+
+    def setup(self, stage):
+        # Under DDP every process ran the LR range test on its own (train.py): all train with rank 0's result.
+        self.hparams.lr = self.trainer.strategy.broadcast(self.hparams.lr, src=0)
 
     @classmethod
     def from_settings(cls, settings, **overrides):
@@ -89,25 +98,28 @@ class LitClassifier(pl.LightningModule):
     def forward(self, x):
         return self.model(x)
 
-    def _shared_step(self, batch, stage, accuracy, network=None):
+    def _shared_step(self, batch, stage, accuracy, mean_loss, network=None):
         images, labels = batch
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)  # a no-op for DeviceBatches' batches
         logits = (self.model if network is None else network)(images)
         loss = self.criterion(logits, labels)
         accuracy(logits, labels)
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=stage != "train")
+        # One copy of the batch's mean per image, so that a short last batch weighs less (MeanMetric ignores its
+        # weight argument when NaN checks are off). Under DDP both metrics gather every process's sums at the end.
+        mean_loss.update(loss.detach().expand(len(labels)))
+        self.log(f"{stage}_loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log(f"{stage}_acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
         return loss, logits
 
     def training_step(self, batch, batch_idx):
-        return self._shared_step(batch, "train", self.train_acc, self._compiled)[0]
+        return self._shared_step(batch, "train", self.train_acc, self.train_loss, self._compiled)[0]
 
     def validation_step(self, batch, batch_idx):
-        self._shared_step(batch, "val", self.val_acc)
+        self._shared_step(batch, "val", self.val_acc, self.val_loss)
 
     def test_step(self, batch, batch_idx):
-        _, logits = self._shared_step(batch, "test", self.test_acc)
+        _, logits = self._shared_step(batch, "test", self.test_acc, self.test_loss)
         if self.hparams.tta:
             images, labels = batch
             self.test_acc_tta(tta_logits(self.model, images, logits, self.hparams.tta_translate), labels)

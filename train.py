@@ -5,7 +5,8 @@
 The hyperparameters come from a recipe (recipes.py: dawn, the default for the ResNet-9; course; resnet18); any
 recipe flag given explicitly overrides that one value.
 
-Any Lightning Trainer argument passes through (--accelerator, --devices, --strategy, --precision, ...).
+Any Lightning Trainer argument passes through (--accelerator, --devices, --strategy, --precision, ...). With
+--devices N --strategy ddp, Lightning runs this script once per device and --batch-size stays the global batch.
 The run folder gets summary.json, metrics.csv, last.ckpt, curves.png, misclassified.png, gradcam.png, confusion.png
 (+ lr_finder.png, logs/). A timed run validates and checkpoints only after the last epoch:
 --no-val-every-epoch --no-ckpt-every-epoch.
@@ -15,6 +16,7 @@ import contextlib
 import csv
 import inspect
 import io
+import shutil
 import sys
 import time
 import warnings
@@ -24,6 +26,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ModelSummary
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+from pytorch_lightning.utilities import rank_zero_only
 
 import gradcam
 import recipes
@@ -37,6 +41,9 @@ from plumbing.ema import EMA
 from plumbing.files import UsageError, atomic_savefig, atomic_write_json, atomic_write_text, describe_device
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
+# What train.py writes into a run folder; the first three mean that the folder holds a run.
+RUN_OUTPUTS = ("last.ckpt", "summary.json", "metrics.csv", "curves.png", "misclassified.png", "gradcam.png",
+               "confusion.png", "lr_finder.png", "logs", "tensorboard")
 # last.ckpt lives in the run folder beside the logs, so the folder is never empty: nothing to warn about.
 warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
 # Trainer arguments this script sets itself; every other one is a pass-through flag.
@@ -120,7 +127,8 @@ def build_parser():
     parser.add_argument("--model", metavar="NAME", help=f"{' or '.join(MODELS)} (ResNet-9 or ResNet-18; default: the "
                         "recipe's)", **from_recipe)
     parser.add_argument("--epochs", type=int, metavar="N", help="(recipe)", **from_recipe)
-    parser.add_argument("--batch-size", type=int, metavar="N", help="(recipe)", **from_recipe)
+    parser.add_argument("--batch-size", type=int, metavar="N", help="the global batch, split between the devices "
+                        "(recipe)", **from_recipe)
     parser.add_argument("--data-dir", default="data", metavar="DIR",
                         help="folder holding (or receiving) cifar-10-batches-py/")
     parser.add_argument("--synthetic", action="store_true", help="generated data: no download, no files")
@@ -132,6 +140,8 @@ def build_parser():
     parser.add_argument("--out", metavar="RUN_DIR", help="run folder for checkpoints, metrics, summary and plots")
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue the run in RUN_DIR from its last.ckpt, with the settings it started with")
+    parser.add_argument("--overwrite", action="store_true", help="start a new run in an --out folder that holds "
+                        "another run, deleting that run's checkpoint, metrics, summary, plots and logs first")
     parser.add_argument("--results-dir", metavar="DIR",
                         help="also write a time-to-accuracy record there (see tools/results_table.py)")
     recipe = parser.add_argument_group("recipe values (default: from the recipe)")
@@ -200,6 +210,8 @@ def parse_args(argv=None):
         if key.startswith("trainer."):
             delattr(args, key)
     if args.resume:
+        if args.overwrite:
+            parser.error("--resume continues the run in RUN_DIR and --overwrite starts a new one there: give one")
         explicit = checkpointing.explicit_options(build_parser(), argv)
         return checkpointing.resume_settings(args, trainer_kwargs, explicit)
     if args.out is None:
@@ -244,6 +256,22 @@ def check_args(args):
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")
+
+
+def claim_run_folder(out, overwrite):
+    """A new run never replaces another by accident: a folder that holds a run is refused, unless `overwrite`, which
+    deletes that run's files first (train.py's outputs only, nothing else in the folder)."""
+    held = [name for name in RUN_OUTPUTS[:3] if (out / name).exists()]
+    if held and not overwrite:
+        raise UsageError(f"--out {out} already holds a run ({', '.join(held)}): continue it with --resume {out}, "
+                         "start the new run in another folder, or replace the old one with --overwrite")
+    if held and rank_zero_only.rank == 0:  # under DDP the other processes start later and find the folder cleared
+        for name in RUN_OUTPUTS:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def make_datamodule(args):
@@ -313,13 +341,27 @@ def make_trainer(args, trainer_kwargs, out, metrics_csv, run_record, inference=N
         raise UsageError(f"Lightning refused the Trainer flags {trainer_kwargs}: {error}") from None
 
 
+def check_processes(trainer, strategy, batch_size):
+    """Multi-device runs: DDP with one process per device, each started by running this script again."""
+    if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
+        raise UsageError(f"--strategy {strategy} trains in processes started from inside this "
+                         "one, whose records of the run (metrics, timing) never come back to it: use --strategy ddp "
+                         "(in a notebook, a Trainer with strategy=\"ddp_notebook\", see the README)")
+    if batch_size % trainer.world_size:
+        raise UsageError(f"--batch-size {batch_size} is the global batch and must split evenly between the "
+                         f"{trainer.world_size} processes (devices x nodes)")
+
+
 def run(args, trainer_kwargs):
-    """Train, test, and write the run folder; returns the summary dict."""
+    """Train, test, and write the run folder; returns the summary dict (None in DDP processes other than rank 0,
+    which alone writes the folder)."""
     wall_start = time.perf_counter()  # wall clock of the whole run: data loading, LR test, training, testing
     args = recipes.resolve(args)
     args, trainer_kwargs = hardware_defaults(args, trainer_kwargs)
     check_args(args)
     out = Path(args.out)
+    if not args.resume:
+        claim_run_folder(out, getattr(args, "overwrite", False))
     out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(args.seed, workers=True)
 
@@ -347,6 +389,7 @@ def run(args, trainer_kwargs):
     run_record = checkpointing.RunRecord(settings)
     trainer = make_trainer(args, trainer_kwargs, out, metrics_csv, run_record,
                            inference_record(args, datamodule, lit))
+    check_processes(trainer, trainer_kwargs.get("strategy"), args.batch_size)
     trainer.fit(lit, datamodule=datamodule, ckpt_path=resume_from)
     # training epochs only, this session's and, after a resume, the earlier ones' (checkpointing.RunRecord)
     train_seconds, warmup_seconds = run_record.train_seconds(), run_record.warmup_seconds()
@@ -368,6 +411,7 @@ def run(args, trainer_kwargs):
         "params": count_parameters(lit.model),
         "epochs": args.epochs,
         "batch_size": args.batch_size,
+        "devices": trainer.world_size,
         "train_images": train_images,
         "test_images": len(datamodule.test_set),
         "test_acc": round(float(test["test_acc"]), 6),
@@ -407,7 +451,8 @@ def write_plots(lit, datamodule, rows, out, trainer=None):
         lit.to(trainer.strategy.root_device)
     try:
         with trainer.precision_plugin.forward_context() if trainer is not None else contextlib.nullcontext():
-            probs, labels = utils.predict(lit.model, datamodule.test_dataloader())
+            # the whole test split, also under DDP
+            probs, labels = utils.predict(lit.model, datamodule.predict_dataloader())
         mistake_plots(lit, datamodule, probs, labels, out)
     finally:
         lit.to(home)

@@ -190,14 +190,18 @@ class StopOnNonFinite(pl.Callback):
         if trainer.global_step % trainer.log_every_n_steps:
             return
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if isinstance(loss, torch.Tensor) and not torch.isfinite(loss).all():
-            self._stop(trainer, f"the training loss became {loss.float().mean().item()}")
+        bad = isinstance(loss, torch.Tensor) and not torch.isfinite(loss).all()
+        # Under DDP every process stops if any one's loss is bad (one stopping alone would leave the others waiting).
+        if trainer.strategy.reduce_boolean_decision(bool(bad), all=False):
+            self._stop(trainer, f"the training loss became {loss.float().mean().item()}" if bad
+                       else "another process's training loss became NaN/inf")
 
     def on_train_epoch_end(self, trainer, pl_module):
         bad = [name for name, value in pl_module.state_dict().items()
                if value.is_floating_point() and not torch.isfinite(value).all()]
-        if bad:
-            self._stop(trainer, f"{len(bad)} weight tensors became NaN/inf ({', '.join(bad[:3])}...)")
+        if trainer.strategy.reduce_boolean_decision(bool(bad), all=False):
+            self._stop(trainer, f"{len(bad)} weight tensors became NaN/inf ({', '.join(bad[:3])}...)" if bad
+                       else "another process's weights became NaN/inf")
 
 
 # ---------------------------------------------------------------------------------------------------------- resume

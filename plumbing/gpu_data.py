@@ -61,6 +61,14 @@ def cutout(images, size, fill, generator):
     return torch.where(hole, fill, images)
 
 
+def rank_slice(length, num_replicas, rank):
+    """The part of `length` items that process `rank` of `num_replicas` takes: nearly equal consecutive parts, as
+    np.array_split cuts them (the first length % num_replicas parts one item longer)."""
+    size, extra = divmod(length, num_replicas)
+    start = rank * size + min(rank, extra)
+    return slice(start, start + size + (rank < extra))
+
+
 class DeviceBatches:
     """Batches of (normalised float32 NCHW images, int64 labels) from uint8 NHWC arrays copied once to `device`.
 
@@ -69,10 +77,19 @@ class DeviceBatches:
     every image. Pass k (counted from `epoch`) draws its order and augmentations from (seed, epoch + k) alone, so a
     resumed run replays its epochs exactly (as data.EpochSampler). `alt_flip`: alternating flips instead of random
     ones (alternating_flip_base).
+
+    Under DDP each of the `num_replicas` processes holds the whole data set on its own device. In training, every
+    process draws the same permutation and augments each whole global batch of `batch_size` images (a few index
+    operations), then keeps its own `rank_slice` of it: the processes' slices together are exactly the one-device
+    batch, images and augmentations alike. In evaluation each process takes its own consecutive part of the data.
     """
 
     def __init__(self, images, labels, mean, std, batch_size, device="cpu", train=False, cutout=8, pad=4, seed=0,
-                 channels_last=True, epoch=0, alt_flip=False):
+                 channels_last=True, epoch=0, alt_flip=False, num_replicas=1, rank=0):
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not one of the {num_replicas} processes")
+        if batch_size % num_replicas:
+            raise ValueError(f"the global batch of {batch_size} does not split evenly between {num_replicas} processes")
         device = torch.device(device)
         self.images = torch.as_tensor(images).to(device).permute(0, 3, 1, 2).contiguous()  # uint8 NCHW
         self.labels = torch.as_tensor(labels, dtype=torch.int64).to(device)
@@ -83,14 +100,18 @@ class DeviceBatches:
         self.batch_size, self.train, self.cutout, self.pad = batch_size, train, cutout, pad
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.seed, self.epoch = seed, epoch
+        self.num_replicas, self.rank, self.local_batch = num_replicas, rank, batch_size // num_replicas
         self.generator = torch.Generator(device=device)
         self.flip_base = (torch.as_tensor(alternating_flip_base(len(self.labels), seed), device=device) if alt_flip
                           else None)
 
     def __len__(self):
-        if self.train:
+        if self.train:  # one slice of every full global batch
             return len(self.labels) // self.batch_size
-        return math.ceil(len(self.labels) / self.batch_size)
+        return math.ceil(len(range(len(self.labels))[self._eval_part()]) / self.local_batch)
+
+    def _eval_part(self):
+        return rank_slice(len(self.labels), self.num_replicas, self.rank)
 
     def augment(self, images, flip=None):
         images = crop_flip(images, self.pad, self.generator, flip)
@@ -108,12 +129,15 @@ class DeviceBatches:
         self.generator.manual_seed(int(seed_sequence.generate_state(1, np.uint64)[0] >> 1))
         odd = self.epoch % 2 == 1
         self.epoch += 1
-        order = torch.randperm(n, device=device, generator=self.generator) if self.train else None
-        for start in range(0, len(self) * self.batch_size if self.train else n, self.batch_size):
-            if order is None:
-                images, labels = self.images[start:start + self.batch_size], self.labels[start:start + self.batch_size]
-            else:
-                index = order[start:start + self.batch_size]
-                flip = None if self.flip_base is None else self.flip_base[index] ^ odd
-                images, labels = self.augment(self.images[index], flip), self.labels[index]
-            yield self.normalize(images), labels
+        if not self.train:
+            part = self._eval_part()
+            for start in range(part.start, part.stop, self.local_batch):
+                end = min(start + self.local_batch, part.stop)
+                yield self.normalize(self.images[start:end]), self.labels[start:end]
+            return
+        order = torch.randperm(n, device=device, generator=self.generator)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            index = order[start:start + self.batch_size]
+            flip = None if self.flip_base is None else self.flip_base[index] ^ odd
+            mine = rank_slice(len(index), self.num_replicas, self.rank)
+            yield self.normalize(self.augment(self.images[index], flip)[mine]), self.labels[index[mine]]

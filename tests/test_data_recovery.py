@@ -3,6 +3,7 @@ folder is named file by file, a stale mean/std cache is recomputed. The download
 import hashlib
 import json
 import pickle
+import socket
 import tarfile
 import threading
 from functools import partial
@@ -132,3 +133,66 @@ def test_stale_or_broken_stats_cache_is_recomputed(tmp_path, damage):
     cache.write_text(damage(cache.read_text()))
     assert stats_of(*other) == pytest.approx(channel_stats(other[0])[0])
     assert json.loads(cache.read_text())["mean"] == pytest.approx(channel_stats(other[0])[0])
+
+
+class StallingServer:
+    """Accepts connections on 127.0.0.1 and then stalls: either never answers, or sends the headers of a large file
+    and a little of it, then nothing. Counts the connections."""
+
+    def __init__(self, send_headers):
+        self.send_headers, self.connections, self.held = send_headers, 0, []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/cifar-10-python.tar.gz"
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            self.connections += 1
+            self.held.append(connection)  # kept open, never closed by the server: a stall, not a cut
+            if self.send_headers:
+                connection.recv(65536)
+                connection.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 1000)
+
+    def close(self):
+        self.listener.close()
+        for connection in self.held:
+            connection.close()
+
+
+@pytest.mark.parametrize("send_headers", [False, True], ids=["no-answer", "stops-mid-file"])
+def test_stalled_download_gives_up_after_its_retries_with_one_message(send_headers, tmp_path, capsys, monkeypatch):
+    server = StallingServer(send_headers)
+    monkeypatch.setattr(data, "CIFAR_URL", server.url)
+    monkeypatch.setattr(data, "DOWNLOAD_TIMEOUT", 0.5)  # seconds; 30 in real use
+    monkeypatch.setattr(data, "DOWNLOAD_RETRY_WAIT", 0)
+    try:
+        assert train.main(["--data-dir", str(tmp_path), "--out", str(tmp_path / "run"), "--num-workers", "0"]) == 2
+    finally:
+        server.close()
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert f"download from {server.url} stalled or was cut 3 times" in errors[0]
+    assert "TimeoutError" in errors[0] and "--data-dir" in errors[0] and "--synthetic" in errors[0]
+    # torchvision probes the URL for redirects (one connection), then downloads (another): the probe returns at the
+    # headers, so a server that sends them is reached twice per attempt
+    assert server.connections == data.DOWNLOAD_ATTEMPTS * (2 if send_headers else 1)
+    assert not (tmp_path / "cifar-10-python.tar.gz").exists()  # the partial archive is not left behind
+    assert socket.getdefaulttimeout() is None  # the timeout was for the download only
+
+
+def test_processes_starting_together_download_once(mirror, tmp_path):
+    """DDP processes started together (torchrun, nodes sharing the folder) each call download_cifar10: the first
+    downloads while the others wait for it, then find the data there."""
+    results = []
+
+    def download():
+        results.append(download_cifar10(tmp_path, url=mirror.url, md5=mirror.md5))
+
+    threads = [threading.Thread(target=download) for _ in range(3)]
+    assert requests_during(mirror, lambda: ([t.start() for t in threads], [t.join() for t in threads])) == 2
+    assert results == [tmp_path / FOLDER] * 3 and len(data.load_cifar10(tmp_path)["train_labels"]) == 60

@@ -1,4 +1,8 @@
-"""Rerunning into the same run folder (a notebook run twice, a repeated command) must not leave a stale last.ckpt."""
+"""A new run never replaces another by accident: an --out folder that holds a run is refused (one error line naming
+--resume and --overwrite); --overwrite replaces the old run, leaving no stale files; an empty folder is fine."""
+import json
+
+import pytest
 import torch
 
 import train
@@ -7,9 +11,37 @@ TINY = ["--synthetic", "--train-size", "20", "--test-size", "10", "--epochs", "1
         "--enable-progress-bar", "false", "--num-workers", "0"]
 
 
-def test_second_run_replaces_last_ckpt(tmp_path):
-    for lr in ("0.1", "0.05"):
-        assert train.main(TINY + ["--lr", lr, "--out", str(tmp_path)]) == 0
-    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["last.ckpt"]
-    checkpoint = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False)
+@pytest.fixture(scope="module")
+def old_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("old_run")  # exists and is empty: fine for a first run
+    assert train.main(TINY + ["--lr", "0.1", "--out", str(out)]) == 0
+    return out
+
+
+def test_a_folder_holding_a_run_is_refused_and_left_alone(old_run, capsys):
+    before = {path.name: path.stat().st_mtime_ns for path in old_run.iterdir()}
+    assert train.main(TINY + ["--lr", "0.05", "--out", str(old_run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: --out {old_run} already holds a run (last.ckpt, summary.json, metrics.csv)")
+    assert f"--resume {old_run}" in err and "--overwrite" in err
+    assert {path.name: path.stat().st_mtime_ns for path in old_run.iterdir()} == before
+
+
+def test_overwrite_replaces_the_old_run_without_leftovers(old_run, tmp_path):
+    (old_run / "lr_finder.png").write_bytes(b"from the old run")  # a file the new run does not write
+    (old_run / "notes.txt").write_text("the user's own")
+    assert train.main(TINY + ["--lr", "0.05", "--overwrite", "--out", str(old_run)]) == 0
+    assert sorted(p.name for p in old_run.glob("*.ckpt")) == ["last.ckpt"]
+    checkpoint = torch.load(old_run / "last.ckpt", map_location="cpu", weights_only=False)
     assert checkpoint["hyper_parameters"]["lr"] == 0.05  # the second run's
+    assert json.loads((old_run / "summary.json").read_text())["settings"]["lr"] == 0.05
+    assert not (old_run / "lr_finder.png").exists() and (old_run / "notes.txt").read_text() == "the user's own"
+    assert [p.name for p in (old_run / "logs").iterdir()] == ["version_0"]  # the old run's logs went with it
+
+
+def test_resume_and_overwrite_together_are_refused(old_run, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.parse_args(["--resume", str(old_run), "--overwrite"])
+    assert exit_info.value.code == 2
+    assert "--resume continues the run in RUN_DIR and --overwrite starts a new one there" in capsys.readouterr().err

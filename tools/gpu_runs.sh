@@ -88,8 +88,8 @@ train_seeds() {  # NAME RESULTS-DIR TRAIN.PY-FLAGS...: one timed run per seed, i
     mkdir -p "$results"
     for seed in $SEEDS; do
         # shellcheck disable=SC2086
-        "$PY" train.py --data-dir data --seed "$seed" --out "runs/$name-seed$seed" --results-dir "$results" \
-            --enable-progress-bar false $TIMED "$@"
+        "$PY" train.py --data-dir data --seed "$seed" --out "runs/$name-seed$seed" --overwrite \
+            --results-dir "$results" --enable-progress-bar false $TIMED "$@"
         mkdir -p "$results/summaries"  # beside the records, out of the tables (results_table reads *.json only)
         cp "runs/$name-seed$seed/summary.json" "$results/summaries/$name-seed$seed.json"
         send_back
