@@ -61,10 +61,11 @@ def main(argv=None):
     parser.add_argument("--overlay", default="predicted class", choices=app.OVERLAY_CHOICES,
                         help="GradCAM in the gallery of mistakes")
     parser.add_argument("--count", type=int, default=12, help="mistakes in the gallery")
+    parser.add_argument("--data-dir", help="the run's data folder, when summary.json does not say (a notebook's run)")
     parser.add_argument("--out", default="images/app_demo.png")
     args = parser.parse_args(argv)
     try:
-        demo = app.load_demo(args.checkpoint)
+        demo = app.load_demo(args.checkpoint, args.data_dir)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
