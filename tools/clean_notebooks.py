@@ -2,7 +2,7 @@
 
     python tools/clean_notebooks.py [notebooks/*.ipynb]      # default: every notebook in notebooks/
 
-Warnings name the file they come from (/home/me/.venv/lib/python3.12/site-packages/...), and nothing else in an
+Warnings name the file they come from (.../.venv/lib/python3.12/site-packages/...), and nothing else in an
 output should point into the machine that ran it: such paths become `site-packages/...`, and paths inside this
 repository become relative. tests/test_no_machine_paths.py fails on any that is left.
 """
