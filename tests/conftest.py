@@ -1,5 +1,8 @@
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -32,3 +35,26 @@ def tiny_run(tmp_path_factory):
             "--batch-size", "50", "--out", str(out), "--enable-progress-bar", "false", "--num-workers", "0"]
     assert train.main(argv) == 0
     return out
+
+
+def kill_after_first_checkpoint(argv, out, log_path):
+    """Start `python train.py ARGV --out OUT` in a process group of its own and SIGKILL the whole group (every rank,
+    every DataLoader worker) half a second after epoch 1's last.ckpt appeared, i.e. during epoch 2."""
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([sys.executable, "train.py", *argv, "--out", str(out)], cwd=ROOT, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        started = time.monotonic()
+        while not (Path(out) / "last.ckpt").exists():  # appears whole (atomic rename) once epoch 1 has ended
+            assert process.poll() is None, Path(log_path).read_text()[-3000:]
+            assert time.monotonic() - started < 600
+            time.sleep(0.01)
+        time.sleep(0.5)  # into epoch 2
+        os.killpg(process.pid, signal.SIGKILL)
+        assert process.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()

@@ -3,12 +3,8 @@ data paths; `train.py --accelerator cpu --devices 2 --strategy ddp` (gloo) train
 whose metrics cover both processes, learns as one process does with the same global batch, and resumes exactly after
 both processes are SIGKILLed. The 2-process runs are few and tiny: starting them is most of their time."""
 import json
-import math
-import os
-import signal
 import subprocess
 import sys
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -19,7 +15,7 @@ from data import CIFAR10DataModule, EpochSampler, make_synthetic
 from lit_classifier import LitClassifier
 from plumbing.files import UsageError
 from plumbing.gpu_data import DeviceBatches
-from tests.conftest import ROOT
+from tests.conftest import ROOT, kill_after_first_checkpoint
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -180,24 +176,7 @@ def test_sigkilled_ddp_run_resumes_to_the_same_result(ddp_run, tmp_path):
     epoch 1's checkpoint appeared; `--resume` starts two processes again (the stored settings say so) and every
     metric of every epoch, and the test metrics, equal the uninterrupted run's."""
     out = tmp_path / "killed"
-    with open(tmp_path / "killed.log", "w") as log:
-        process = subprocess.Popen([sys.executable, "train.py", *RUN, *DDP, "--out", str(out)], cwd=ROOT, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        started = time.monotonic()
-        while not (out / "last.ckpt").exists():  # appears whole (atomic rename) once epoch 1 has ended
-            assert process.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
-            assert time.monotonic() - started < 600
-            time.sleep(0.01)
-        time.sleep(0.5)  # into epoch 2
-        os.killpg(process.pid, signal.SIGKILL)  # rank 0 and rank 1, which Lightning started in the same group
-        assert process.wait(timeout=60) == -signal.SIGKILL
-    finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait()
+    kill_after_first_checkpoint([*RUN, *DDP], out, tmp_path / "killed.log")
     saved_epochs = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)["epoch"] + 1
     assert saved_epochs < 3 and not (out / "summary.json").exists()  # really killed before the end
 

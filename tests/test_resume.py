@@ -1,18 +1,15 @@
 """Runs that crash: a SIGKILLed run resumed with --resume ends exactly like the uninterrupted one; same seed, same
 metrics; resumed settings cannot drift; a NaN loss stops the run and leaves the last good checkpoint alone."""
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 import train
 from lit_classifier import LitClassifier
-from tests.conftest import ROOT
+from tests.conftest import ROOT, kill_after_first_checkpoint
 
 # Small enough to train in seconds on two cores, large enough to learn (4 steps per epoch, 3 epochs).
 RUN = ["--synthetic", "--train-size", "100", "--test-size", "50", "--epochs", "3", "--batch-size", "25",
@@ -66,24 +63,7 @@ def test_seed_and_settings_are_stored_in_summary_and_checkpoint(reference):
 def test_sigkilled_run_resumes_to_the_same_result(reference, tmp_path):
     """Killed in epoch 2 with two DataLoader workers; resumed; every metric of every epoch equals the reference's."""
     out = tmp_path / "killed"
-    with open(tmp_path / "killed.log", "w") as log:
-        process = subprocess.Popen([sys.executable, "train.py", *RUN, "--num-workers", "2", "--out", str(out)],
-                                   cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        started = time.monotonic()
-        while not (out / "last.ckpt").exists():  # appears whole (atomic rename) once epoch 1 has ended
-            assert process.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
-            assert time.monotonic() - started < 600
-            time.sleep(0.01)
-        time.sleep(0.5)  # into epoch 2
-        os.kill(process.pid, signal.SIGKILL)
-        assert process.wait(timeout=60) == -signal.SIGKILL
-    finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)  # DataLoader workers the kill orphaned, if any are left
-        except ProcessLookupError:
-            pass
-        process.wait()
+    kill_after_first_checkpoint([*RUN, "--num-workers", "2"], out, tmp_path / "killed.log")
     saved_epochs = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)["epoch"] + 1
     assert saved_epochs < 3 and not (out / "summary.json").exists()  # really killed before the end
 
