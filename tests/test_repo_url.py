@@ -23,7 +23,7 @@ def test_a_fork_rewrites_every_copy(tmp_path):
     shutil.copy(ROOT / "tools" / "repo_url.py", tmp_path / "tools" / "repo_url.py")
     fork = "https://github.com/someone/my-fork"
     changed = repo_url.rewrite(fork + ".git", root=tmp_path)
-    assert {p.name for p in changed} >= {"README.md", "repo_url.py", "03_custom_resnet.ipynb"}
+    assert {p.name for p in changed} >= {"README.md", "repo_url.py", "04_custom_resnet.ipynb"}
     for path, urls in repo_url.copies(tmp_path).items():
         assert urls and set(urls) == {fork}, f"{path.name} holds {urls}"
     assert 'REPO_URL = "https://github.com/someone/my-fork"' in (tmp_path / "tools" / "repo_url.py").read_text()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU runs behind the README's results table: 3 seeds each of the ResNet-9 with the dawn recipe and with the
 # course recipe, the ResNet-18 recipe, and airbench94 as the reference, all on the offline JPEG copy of CIFAR-10;
-# the search for the fastest ResNet-9 setting, the off-by-default options, and notebooks 03 and 04 run on the GPU.
+# the search for the fastest ResNet-9 setting, the off-by-default options, and notebooks 04 and 05 run on the GPU.
 # Every training run is timed as Page and airbench time theirs: validation and last.ckpt only after the last epoch.
 #
 # 1. Here, on a machine with the package registry and ../shared (nothing of it is committed: .devdata/ and .whl/ are
@@ -15,8 +15,8 @@
 #        SEEDS=0 bash tools/gpu_runs.sh setup search     # dawn, compiled, at each of $EPOCHS_LIST epochs
 #        bash tools/gpu_runs.sh setup fast 12            # then 3 seeds of the fewest epochs that reached airbench94
 #        SEEDS=0 bash tools/gpu_runs.sh setup options    # each off-by-default option alone (results/options/NAME/)
-#        bash tools/gpu_runs.sh setup notebook 03        # notebooks/03_*.ipynb executed in place on the GPU
-#        bash tools/gpu_runs.sh setup notebook 04
+#        bash tools/gpu_runs.sh setup notebook 04        # notebooks/04_*.ipynb executed in place on the GPU
+#        bash tools/gpu_runs.sh setup notebook 05
 #    results/ (records, and runs' summaries) comes back as $OUT/results.tgz, refreshed after every run (a timed-out
 #    call keeps what ended); an executed notebook comes back with images/ as $OUT/notebooks.tgz.
 # 3. Here: tar xzf FILES_AT/results.tgz && python tools/results_table.py && git add results README.md
