@@ -1,6 +1,8 @@
-"""CIFAR-10 data: download, read the python pickles, a synthetic stand-in, mean/std, augmentations, DataModule.
+"""CIFAR-10 data: download, read the python pickles, a synthetic stand-in, mean/std, augmentations,
+DataModule.
 
-Images are kept as uint8 arrays of shape (N, 32, 32, 3) until the transforms turn them into normalised tensors.
+Images are kept as uint8 arrays of shape (N, 32, 32, 3) until the transforms turn them into
+normalised tensors.
 """
 import http.client
 import os
@@ -18,8 +20,8 @@ from filelock import FileLock
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from plumbing.files import UsageError
-from plumbing.gpu_data import DeviceBatches, alternating_flip_base, rank_slice
+import model
+from plumbing.gpu_data import DeviceBatches, per_process_batch, rank_slice
 from recipes import DEFAULT
 from utils import cached_channel_stats, channel_stats, eval_transforms, train_transforms
 
@@ -29,13 +31,16 @@ CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
 FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILES = ("test_batch",)
-DOWNLOAD_TIMEOUT = 30  # seconds without a byte from the server before a download attempt counts as stalled
-DOWNLOAD_ATTEMPTS = 3  # attempts after a stalled or cut connection (not after a refused one: that is being offline)
+DOWNLOAD_TIMEOUT = 30  # seconds without a byte from the server: the attempt has stalled
+DOWNLOAD_ATTEMPTS = 3  # after a stalled or cut connection (a refused one means offline: no retry)
 DOWNLOAD_RETRY_WAIT = 5  # seconds between attempts
-DATA_PATHS = ("loader", "device")  # albumentations in DataLoader workers, or gpu_data.DeviceBatches on the device
+# Where the training images are augmented: albumentations per image in the DataLoader workers, or
+# whole batches on the training device (plumbing/gpu_data.py).
+AUGMENT_ON = ("loader", "device")
+WAYS_OUT = f"Put a '{FOLDER}' folder in --data-dir, or use --synthetic."
 
 
-# ---------------------------------------------------------------------------------------------------- the real data
+# ----------------------------------------------------------------------------------- the real data
 def cifar_folder(data_dir) -> Path:
     """`data_dir/cifar-10-batches-py`, or `data_dir` itself when it already is that folder."""
     data_dir = Path(data_dir)
@@ -48,25 +53,27 @@ def has_cifar10(data_dir) -> bool:
 
 
 def download_cifar10(data_dir, url=None, md5=CIFAR_MD5) -> Path:
-    """Fetch and unpack the official archive (progress bar, md5 check) unless the batches are already there.
+    """Fetch and unpack the official archive (progress bar, md5 check) unless the batches are there.
 
-    An archive already in the folder is used only if its MD5 is right (torchvision checks), so a download cut short
-    or corrupted on disk is fetched again; one that arrives corrupt is deleted and reported."""
+    An archive already in the folder is used only if its MD5 is right (torchvision checks), so a
+    download cut short or corrupted on disk is fetched again; one that arrives corrupt is deleted
+    and reported."""
     url = url or CIFAR_URL
     folder = cifar_folder(data_dir)
     if has_cifar10(data_dir):
         return folder
     missing = [name for name in TRAIN_FILES + TEST_FILES if not (folder / name).is_file()]
-    absent = f"{folder} lacks {', '.join(missing)}" if folder.is_dir() else f"CIFAR-10 is not in {folder}"
+    absent = (f"{folder} lacks {', '.join(missing)}" if folder.is_dir()
+              else f"CIFAR-10 is not in {folder}")
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(folder.parent / ".cifar-10-download.lock")
         lock.acquire()
     except OSError as error:  # a read-only folder
-        raise UsageError(f"{absent} and cannot be downloaded there ({type(error).__name__}: {error}). Put a '{FOLDER}' "
-                         "folder in --data-dir, or use --synthetic.") from None
-    # Processes that start together (DDP under torchrun, nodes sharing the folder) download one at a time: the
-    # later ones find the batches there.
+        raise FileNotFoundError(f"{absent} and cannot be downloaded there "
+                                f"({type(error).__name__}: {error}). {WAYS_OUT}") from None
+    # Processes that start together (DDP under torchrun, nodes sharing the folder) download one at
+    # a time: the later ones find the batches there.
     try:
         return folder if has_cifar10(data_dir) else fetch_and_unpack(url, folder, md5, absent)
     finally:
@@ -79,26 +86,30 @@ def fetch_and_unpack(url, folder, md5, absent):
     root, archive = folder.parent, folder.parent / os.path.basename(url)
     try:
         download_with_retries(download_url, url, root, md5)
-    except RuntimeError:  # torchvision's "File not found or corrupted.": the downloaded file fails the MD5 check
+    except RuntimeError:  # torchvision's "File not found or corrupted.": the MD5 check failed
         archive.unlink(missing_ok=True)
-        raise UsageError(f"{absent}, and the archive downloaded from {url} is corrupt (its MD5 checksum is not "
-                         f"{md5}), so it was deleted: run again to download it afresh, put a '{FOLDER}' folder in "
-                         "--data-dir, or use --synthetic") from None
+        raise FileNotFoundError(
+            f"{absent}, and the archive downloaded from {url} is corrupt (its MD5 checksum is not "
+            f"{md5}), so it was deleted. Run again to download it afresh. {WAYS_OUT}") from None
     except Exception as error:  # URLError, HTTPError, socket timeouts, a read-only folder
-        archive.unlink(missing_ok=True)  # a partial download (a complete one would not have been fetched again)
+        archive.unlink(missing_ok=True)  # a partial download (a complete one is not fetched again)
+        cause = f"{type(error).__name__}: {error}"
         if stalled_or_cut(error):
-            raise UsageError(f"{absent} and the download from {url} stalled or was cut {DOWNLOAD_ATTEMPTS} times "
-                             f"(the last time: {type(error).__name__}: {error}; a stall is {DOWNLOAD_TIMEOUT} s without "
-                             f"data). Try again later, download the archive elsewhere and put its '{FOLDER}' folder in "
-                             "--data-dir, or use --synthetic.") from None
-        raise UsageError(f"{absent} and could not be downloaded from {url} ({type(error).__name__}: {error}). "
-                         f"Put a '{FOLDER}' folder in --data-dir, or use --synthetic.") from None
+            raise FileNotFoundError(
+                f"{absent} and the download from {url} stalled or was cut {DOWNLOAD_ATTEMPTS} "
+                f"times (the last time: {cause}; a stall is {DOWNLOAD_TIMEOUT} s without data). "
+                f"Try again later, download the archive elsewhere and put its '{FOLDER}' folder "
+                "in --data-dir, or use --synthetic.") from None
+        raise FileNotFoundError(f"{absent} and could not be downloaded from {url} ({cause}). "
+                                + WAYS_OUT) from None
     try:
         extract_archive(str(archive), str(root))
-    except Exception as error:  # a tar error despite the right MD5 means a full disk or a foreign archive
-        raise UsageError(f"{archive} could not be unpacked into {root} ({type(error).__name__}: {error})") from None
+    except Exception as error:  # a tar error despite the right MD5: a full disk, a foreign archive
+        raise OSError(f"{archive} could not be unpacked into {root} "
+                      f"({type(error).__name__}: {error})") from None
     if not has_cifar10(folder):
-        raise UsageError(f"the archive from {url} did not contain {FOLDER}/ with {', '.join(TRAIN_FILES + TEST_FILES)}")
+        raise ValueError(f"the archive from {url} did not contain {FOLDER}/ with "
+                         f"{', '.join(TRAIN_FILES + TEST_FILES)}")
     return folder
 
 
@@ -108,8 +119,8 @@ def stalled_or_cut(error):
 
 
 def download_with_retries(download_url, url, root, md5):
-    """torchvision's download_url with a timeout on every socket operation (it sets none, so a stalled connection
-    would wait for ever) and DOWNLOAD_ATTEMPTS attempts after a stall or a cut connection."""
+    """torchvision's download_url with a timeout on every socket operation (it sets none, so a
+    stalled connection would wait for ever) and DOWNLOAD_ATTEMPTS attempts after a stall or cut."""
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)  # what urllib uses when given no timeout
     try:
@@ -119,8 +130,8 @@ def download_with_retries(download_url, url, root, md5):
             except Exception as error:
                 if attempt == DOWNLOAD_ATTEMPTS or not stalled_or_cut(error):
                     raise
-                print(f"download attempt {attempt} of {DOWNLOAD_ATTEMPTS} failed ({type(error).__name__}: {error}); "
-                      f"trying again in {DOWNLOAD_RETRY_WAIT} s")
+                print(f"download attempt {attempt} of {DOWNLOAD_ATTEMPTS} failed "
+                      f"({type(error).__name__}: {error}); trying again in {DOWNLOAD_RETRY_WAIT} s")
                 time.sleep(DOWNLOAD_RETRY_WAIT)
     finally:
         socket.setdefaulttimeout(previous)
@@ -130,45 +141,51 @@ def read_batch(path):
     """One CIFAR-10 python batch -> (uint8 images N x 32 x 32 x 3, int64 labels, batch_label)."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"{path} is missing: --data-dir must hold the complete '{FOLDER}' folder "
-                         f"({', '.join(TRAIN_FILES + TEST_FILES)}), or use --synthetic")
+        raise FileNotFoundError(f"{path} is missing: --data-dir must hold the complete "
+                                f"'{FOLDER}' folder ({', '.join(TRAIN_FILES + TEST_FILES)}), "
+                                "or use --synthetic")
     try:
         with open(path, "rb") as f:
             batch = pickle.load(f, encoding="latin1")
-    except Exception as error:  # truncated or foreign files raise anything from EOFError to UnpicklingError
-        raise UsageError(f"{path} is not a readable CIFAR-10 batch ({type(error).__name__}: {error}); "
-                         "delete the folder so it is downloaded again") from None
+    except Exception as error:  # a truncated or foreign file raises anything, EOFError and up
+        raise ValueError(f"{path} is not a readable CIFAR-10 batch ({type(error).__name__}: "
+                         f"{error}); delete the folder so it is downloaded again") from None
     if not isinstance(batch, dict) or "data" not in batch or "labels" not in batch:
-        raise UsageError(f"{path} is not a CIFAR-10 batch: expected a dict with 'data' and 'labels'")
+        raise ValueError(f"{path} is not a CIFAR-10 batch: expected a dict with 'data' and "
+                         "'labels'")
     data, labels = np.asarray(batch["data"]), np.asarray(batch["labels"])
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-        raise UsageError(f"{path} is not a CIFAR-10 batch: 'data' is {data.dtype} {data.shape}, "
+    rows_of_pixels = data.ndim == 2 and data.shape[1] == 3072 and len(labels) == len(data)
+    if data.dtype != np.uint8 or not rows_of_pixels:
+        raise ValueError(f"{path} is not a CIFAR-10 batch: 'data' is {data.dtype} {data.shape}, "
                          f"expected uint8 (N, 3072) with N = {len(labels)} labels")
     if len(labels) and (labels.min() < 0 or labels.max() >= len(CLASSES)):
-        raise UsageError(f"{path} has labels outside 0..9")
+        raise ValueError(f"{path} has labels outside 0..9")
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels.astype(np.int64), str(batch.get("batch_label", ""))
 
 
 def load_cifar10(data_dir):
-    """Read the standard pickles (official archive, or any folder in that format) into uint8 arrays."""
+    """Read the standard pickles (the official archive, or any folder in that format) into uint8
+    arrays."""
     folder = cifar_folder(data_dir)
     if not folder.is_dir():
-        raise UsageError(f"no '{FOLDER}' folder in {data_dir}: run without --synthetic on a machine with network "
-                         "to download it, point --data-dir at a folder that holds it, or use --synthetic")
+        raise FileNotFoundError(f"no '{FOLDER}' folder in {data_dir}: run without --synthetic on a "
+                                "machine with network to download it, point --data-dir at a folder "
+                                "that holds it, or use --synthetic")
     train = [read_batch(folder / name) for name in TRAIN_FILES]
     test_images, test_labels, _ = read_batch(folder / TEST_FILES[0])
-    source = "CIFAR-10 " + ("(JPEG offline copy)" if "JPEG" in train[0][2] else "(official)") + f" in {folder}"
+    copy = "(JPEG offline copy)" if "JPEG" in train[0][2] else "(official)"
     return {
         "train_images": np.concatenate([b[0] for b in train]),
         "train_labels": np.concatenate([b[1] for b in train]),
         "test_images": test_images,
         "test_labels": test_labels,
-        "source": source,
+        "source": f"CIFAR-10 {copy} in {folder}",
     }
 
 
-def write_cifar_folder(data_dir, train_images, train_labels, test_images, test_labels, batch_label="synthetic"):
+def write_cifar_folder(data_dir, train_images, train_labels, test_images, test_labels,
+                       batch_label="synthetic"):
     """Write arrays in the official pickle layout (5 train batches + test batch + batches.meta)."""
     folder = cifar_folder(data_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -177,22 +194,26 @@ def write_cifar_folder(data_dir, train_images, train_labels, test_images, test_l
         for name, index in zip(names, np.array_split(np.arange(len(labels)), len(names))):
             rows = images[index].transpose(0, 3, 1, 2).reshape(len(index), -1)
             batch = {"batch_label": f"{batch_label} {name}", "labels": labels[index].tolist(),
-                     "data": np.ascontiguousarray(rows, dtype=np.uint8), "filenames": [f"{i}.png" for i in index]}
+                     "data": np.ascontiguousarray(rows, dtype=np.uint8),
+                     "filenames": [f"{i}.png" for i in index]}
             with open(folder / name, "wb") as f:
                 pickle.dump(batch, f, protocol=4)
+    meta = {"label_names": list(CLASSES), "num_cases_per_batch": 10000, "num_vis": 3072}
     with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": list(CLASSES), "num_cases_per_batch": 10000, "num_vis": 3072}, f, protocol=4)
+        pickle.dump(meta, f, protocol=4)
     return folder
 
 
-# ------------------------------------------------------------------------------------------------ the synthetic data
+# ------------------------------------------------------------------------------ the synthetic data
 PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
-                    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212]], dtype=np.float32)
+                    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60],
+                    [250, 190, 212]], dtype=np.float32)
 
 
 def make_synthetic(n, seed=0):
-    """`n` learnable CIFAR-like images: class c is shape c % 5 (disk, square, triangle, bar, ring) in colour c,
-    at a random place and size, on a noisy random background. Returns (uint8 N x 32 x 32 x 3, int64 labels)."""
+    """`n` learnable CIFAR-like images: class c is shape c % 5 (disk, square, triangle, bar, ring)
+    in colour c, at a random place and size, on a noisy random background.
+    Returns (uint8 N x 32 x 32 x 3, int64 labels)."""
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(n) % len(CLASSES)).astype(np.int64)
     yy, xx = np.mgrid[0:32, 0:32].astype(np.float32)
@@ -216,7 +237,7 @@ def make_synthetic(n, seed=0):
 
 
 class Draw(NamedTuple):
-    """One image drawn by EpochSampler: its index and the (seed, epoch) its augmentation is drawn from."""
+    """One image drawn by EpochSampler: its index and the (seed, epoch) of its augmentation."""
     index: int
     seed: int
     epoch: int
@@ -225,14 +246,13 @@ class Draw(NamedTuple):
 class ImageArrayDataset(Dataset):
     """uint8 NHWC images + labels, transformed one image at a time by an albumentations pipeline.
 
-    Indexed by an int, the pipeline uses its own random state. Indexed by EpochSampler's Draws (a batch at a time,
-    through __getitems__), the batch's augmentation is seeded from its first Draw, so it no longer depends on which
-    DataLoader worker makes it, nor on the batches made before (albumentations 2 ignores the global seeds).
-    `flip_base` (gpu_data.alternating_flip_base): alternating flips, mirroring image i in the Draw's epoch where
-    flip_base[i] differs from epoch % 2 (epoch 0 for an int index); the transform then has no flip of its own."""
+    Indexed by an int, the pipeline uses its own random state. Indexed by EpochSampler's Draws (a
+    batch at a time, through __getitems__), the batch's augmentation is seeded from its first Draw,
+    so it no longer depends on which DataLoader worker makes it, nor on the batches made before
+    (albumentations 2 ignores the global seeds)."""
 
-    def __init__(self, images, labels, transform, flip_base=None):
-        self.images, self.labels, self.transform, self.flip_base = images, labels, transform, flip_base
+    def __init__(self, images, labels, transform):
+        self.images, self.labels, self.transform = images, labels, transform
 
     def __len__(self):
         return len(self.labels)
@@ -241,102 +261,104 @@ class ImageArrayDataset(Dataset):
         return self.__getitems__([key])[0]
 
     def __getitems__(self, keys):
-        epoch = 0
         if isinstance(keys[0], Draw):
             rng = np.random.default_rng([keys[0].seed, keys[0].epoch, keys[0].index])
             self.transform.set_random_state(rng, random.Random(int(rng.integers(2 ** 63))))
-            epoch = keys[0].epoch
             keys = [key.index for key in keys]
-        return [(self.transform(image=self._image(i, epoch))["image"], int(self.labels[i])) for i in keys]
-
-    def _image(self, i, epoch):
-        if self.flip_base is not None and self.flip_base[i] != (epoch % 2 == 1):
-            return np.ascontiguousarray(self.images[i][:, ::-1])
-        return self.images[i]
+        return [(self.transform(image=self.images[i])["image"], int(self.labels[i])) for i in keys]
 
 
 class EpochSampler(DistributedSampler):
-    """Shuffles with a permutation drawn from (seed, epoch), not from a running random state, and hands out Draws.
+    """Shuffles with a permutation drawn from (seed, epoch), not from a running random state, and
+    hands out Draws.
 
-    Any epoch can thus be replayed exactly, after a resume (Lightning calls set_epoch) and with any number of
-    workers. Without set_epoch calls (a plain loop) every pass still counts as the next epoch.
+    Any epoch can thus be replayed exactly, after a resume (Lightning calls set_epoch) and with any
+    number of workers. Without set_epoch calls (a plain loop) every pass counts as the next epoch.
 
-    Under DDP, process `rank` of `num_replicas` takes its share of every global batch of `batch_size` images of the
-    permutation (gpu_data.rank_slice): the shares are disjoint, and at each step the processes' batches together are
-    the one-device batch. The last partial global batch is dropped, as training drops it (one batch shape). It is a
-    DistributedSampler so that Lightning uses it as it is, rather than wrapping it in a sampler that would not pass
-    set_epoch on."""
+    Under DDP, process `rank` of `num_replicas` takes its share of every global batch of
+    `batch_size` images of the permutation (gpu_data.rank_slice): the shares are disjoint, and at
+    each step the processes' batches together are the one-device batch. The last partial global
+    batch is dropped, as training drops it (one batch shape). It is a DistributedSampler so that
+    Lightning uses it as it is, rather than wrapping it in a sampler that would not pass set_epoch
+    on."""
 
     # DistributedSampler.__init__ is not called: it would pad the shares and needs a data set.
     def __init__(self, size, seed, epoch=0, num_replicas=1, rank=0, batch_size=None):
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is not one of the {num_replicas} processes")
-        if num_replicas > 1 and (batch_size is None or batch_size % num_replicas):
-            raise ValueError(f"the global batch of {batch_size} does not split evenly between {num_replicas} processes")
         self.size, self.seed, self.epoch = size, seed, epoch
         self.num_replicas, self.rank, self.batch_size = num_replicas, rank, batch_size or size
+        self.local_batch = per_process_batch(self.batch_size, num_replicas)
 
     def set_epoch(self, epoch):
         self.epoch = epoch
 
     def __len__(self):
-        return self.size // self.batch_size * (self.batch_size // self.num_replicas)
+        return self.size // self.batch_size * self.local_batch
 
     def __iter__(self):
         epoch, self.epoch = self.epoch, self.epoch + 1
         order = np.random.default_rng([self.seed, epoch]).permutation(self.size)
-        batches = order[:self.size // self.batch_size * self.batch_size].reshape(-1, self.batch_size)
+        full = self.size // self.batch_size * self.batch_size
+        batches = order[:full].reshape(-1, self.batch_size)
         mine = batches[:, rank_slice(self.batch_size, self.num_replicas, self.rank)].reshape(-1)
         return iter([Draw(int(i), self.seed, epoch) for i in mine])
 
 
-# ------------------------------------------------------------------------------------------------------ DataModule
+# -------------------------------------------------------------------------------------- DataModule
 def balanced_subset(labels, n, seed, what="--train-size"):
-    """Indices of `n` images spread evenly over the classes (the first n % 10 classes get one more)."""
+    """Indices of `n` images spread evenly over the classes (the first n % 10 get one more)."""
     classes = len(CLASSES)
     if n < classes:
-        raise UsageError(f"{what} {n} is too small: it needs at least one image per class ({classes})")
+        raise ValueError(f"{what} {n} is too small: it needs at least one image per class "
+                         f"({classes})")
     rng = np.random.default_rng(seed)
     picked = []
     for c in range(classes):
         want = n // classes + (c < n % classes)
         members = np.flatnonzero(labels == c)
         if want > len(members):
-            raise UsageError(f"{what} {n} asks for {want} images of class '{CLASSES[c]}' but the data has "
-                             f"{len(members)} ({len(labels)} images in all)")
+            raise ValueError(f"{what} {n} asks for {want} images of class '{CLASSES[c]}' but the "
+                             f"data has {len(members)} ({len(labels)} images in all)")
         picked.append(rng.permutation(members)[:want])
     return rng.permutation(np.concatenate(picked))
 
 
 def default_num_workers():
     """One worker per spare core (the main process needs one), at most 8."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if hasattr(os, "sched_getaffinity"):
+        cores = len(os.sched_getaffinity(0))
+    else:
+        cores = os.cpu_count() or 1
     return max(0, min(8, cores - 1))
 
 
 class CIFAR10DataModule(pl.LightningDataModule):
-    """CIFAR-10 (or the synthetic stand-in) with albumentations augmentation; the test split doubles as validation.
+    """CIFAR-10 (or the synthetic stand-in) with albumentations augmentation; the test split doubles
+    as validation.
 
-    `data_path="device"` serves the same augmentations from the whole data set held on the training device
-    (gpu_data.DeviceBatches) instead of DataLoader workers. Training drops the last partial batch (one batch shape
-    throughout); evaluation sees every image. `alt_flip=True`: alternating flips (gpu_data.alternating_flip_base)
-    in place of random ones.
+    `augment_on="device"` serves the same augmentations from the whole data set held on the
+    training device (gpu_data.DeviceBatches) instead of DataLoader workers. Training drops the last
+    partial batch (one batch shape throughout); evaluation sees every image.
 
-    `batch_size` is the global batch: under DDP each of N processes gets batch_size / N images of it (so a recipe's
-    batch and learning rate mean the same on any number of devices), and evaluates its own 1/N of the test split.
+    `batch_size` is the global batch: under DDP each of N processes gets batch_size / N images of it
+    (so a recipe's batch and learning rate mean the same on any number of devices), and evaluates
+    its own 1/N of the test split.
     """
 
-    def __init__(self, data_dir="data", batch_size=DEFAULT["batch_size"], synthetic=False, train_size=None,
-                 test_size=None, seed=0, cutout=DEFAULT["cutout"], num_workers=None, data_path="loader",
-                 alt_flip=DEFAULT["alt_flip"]):
+    def __init__(self, data_dir="data", batch_size=DEFAULT["batch_size"], synthetic=False,
+                 train_size=None, test_size=None, seed=0, cutout=DEFAULT["cutout"],
+                 num_workers=None, augment_on="loader"):
         super().__init__()
-        if data_path not in DATA_PATHS:
-            raise UsageError(f"unknown data path {data_path!r}: choose one of {', '.join(DATA_PATHS)}")
+        if augment_on not in AUGMENT_ON:
+            raise ValueError(f"unknown augment_on {augment_on!r}: choose one of "
+                             f"{', '.join(AUGMENT_ON)}")
         if batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+            raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
         for name, size in (("--train-size", train_size), ("--test-size", test_size)):
             if size is not None and size < len(CLASSES):
-                raise UsageError(f"{name} {size} is too small: it needs at least one image per class ({len(CLASSES)})")
+                raise ValueError(f"{name} {size} is too small: it needs at least one image per "
+                                 f"class ({len(CLASSES)})")
         self.save_hyperparameters()
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.classes = CLASSES
@@ -352,55 +374,62 @@ class CIFAR10DataModule(pl.LightningDataModule):
             return
         hp = self.hparams
         if hp.synthetic:
-            self.train_images, self.train_labels = make_synthetic(hp.train_size or 5000, seed=hp.seed)
-            self.test_images, self.test_labels = make_synthetic(hp.test_size or 1000, seed=hp.seed + 1)
+            self.train_images, self.train_labels = make_synthetic(hp.train_size or 5000, hp.seed)
+            self.test_images, self.test_labels = make_synthetic(hp.test_size or 1000, hp.seed + 1)
             self.mean, self.std = channel_stats(self.train_images)
             self.source = "synthetic"
         else:
             data = load_cifar10(hp.data_dir)
-            self.mean, self.std = cached_channel_stats(cifar_folder(hp.data_dir), data["train_images"])
+            self.mean, self.std = cached_channel_stats(cifar_folder(hp.data_dir),
+                                                       data["train_images"])
             self.train_images, self.train_labels = data["train_images"], data["train_labels"]
             self.test_images, self.test_labels = data["test_images"], data["test_labels"]
             if hp.train_size is not None:
                 keep = balanced_subset(self.train_labels, hp.train_size, hp.seed, "--train-size")
-                self.train_images, self.train_labels = self.train_images[keep], self.train_labels[keep]
+                self.train_images = self.train_images[keep]
+                self.train_labels = self.train_labels[keep]
             if hp.test_size is not None:
-                keep = np.sort(balanced_subset(self.test_labels, hp.test_size, hp.seed, "--test-size"))
+                keep = np.sort(balanced_subset(self.test_labels, hp.test_size, hp.seed,
+                                               "--test-size"))
                 self.test_images, self.test_labels = self.test_images[keep], self.test_labels[keep]
             self.source = data["source"]
-        self.train_set = ImageArrayDataset(
-            self.train_images, self.train_labels, train_transforms(self.mean, self.std, cutout=hp.cutout,
-                                                                   flip=not hp.alt_flip),
-            flip_base=alternating_flip_base(len(self.train_labels), hp.seed) if hp.alt_flip else None)
-        self.test_set = ImageArrayDataset(self.test_images, self.test_labels, eval_transforms(self.mean, self.std))
+        self.train_set = ImageArrayDataset(self.train_images, self.train_labels,
+                                           train_transforms(self.mean, self.std, cutout=hp.cutout))
+        self.test_set = ImageArrayDataset(self.test_images, self.test_labels,
+                                          eval_transforms(self.mean, self.std))
 
     def _loader(self, dataset, shuffle, shard=True):
         epoch = max(self.resume_epoch, self._next_epoch())
         replicas, rank = self._processes() if shard else (1, 0)
-        if self.hparams.data_path == "device":  # shuffled = augmented
-            return self._device_batches(dataset, train=shuffle, epoch=epoch, replicas=replicas, rank=rank)
+        batch_size = self.hparams.batch_size
+        if self.hparams.augment_on == "device":  # shuffled = augmented
+            return self._device_batches(dataset, shuffle, epoch, replicas, rank)
         if shuffle:  # full global batches only (EpochSampler drops the partial one)
-            sampler = EpochSampler(len(dataset), self.hparams.seed, epoch, replicas, rank, self.hparams.batch_size)
-        else:  # each process evaluates its own part, none twice (a DistributedSampler would pad with repeats)
-            sampler = UnrepeatedDistributedSampler(dataset, replicas, rank, shuffle=False) if replicas > 1 else None
-        return DataLoader(dataset, batch_size=self.hparams.batch_size // replicas, sampler=sampler,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+            sampler = EpochSampler(len(dataset), self.hparams.seed, epoch, replicas, rank,
+                                   batch_size)
+        elif replicas > 1:  # each process evaluates its own part, none twice (no padding repeats)
+            sampler = UnrepeatedDistributedSampler(dataset, replicas, rank, shuffle=False)
+        else:
+            sampler = None
+        return DataLoader(dataset, batch_size=per_process_batch(batch_size, replicas),
+                          sampler=sampler, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0,
                           pin_memory=torch.cuda.is_available())
 
     def _processes(self):
-        """(number of processes, this one's rank) of the Trainer's DDP run; batch_size is the global batch."""
-        trainer = self.trainer
-        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        if self.hparams.batch_size % replicas:
-            raise UsageError(f"--batch-size {self.hparams.batch_size} is the global batch and must split evenly "
-                             f"between the {replicas} processes (devices x nodes)")
-        return replicas, rank
+        """(number of processes, this one's rank) of the Trainer's DDP run."""
+        if self.trainer is None:
+            return 1, 0
+        return self.trainer.world_size, self.trainer.global_rank
 
     def _next_epoch(self):
-        return self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_progress.current.processed
 
-    # A resumed session's first training iterator, whose workers draw ahead, is made before Lightning restores its
-    # epoch count and calls set_epoch (OneCycle's step count needs the loader first), so the checkpoint says it.
+    # A resumed session's first training iterator, whose workers draw ahead, is made before
+    # Lightning restores its epoch count and calls set_epoch (OneCycle's step count needs the loader
+    # first), so the checkpoint says it.
     def state_dict(self):
         return {"next_epoch": self._next_epoch()}
 
@@ -408,19 +437,22 @@ class CIFAR10DataModule(pl.LightningDataModule):
         self.resume_epoch = state_dict["next_epoch"]
 
     def _device_batches(self, dataset, train, epoch, replicas, rank):
-        trainer = self.trainer
         # Outside a Trainer (the LR range test) the batches go where find_lr puts the model.
-        device = trainer.strategy.root_device if trainer is not None else ("cuda" if torch.cuda.is_available()
-                                                                             else "cpu")
+        if self.trainer is not None:
+            device = self.trainer.strategy.root_device
+        else:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         hp = self.hparams
-        return DeviceBatches(dataset.images, dataset.labels, self.mean, self.std, hp.batch_size, device=device,
-                             train=train, cutout=hp.cutout, seed=hp.seed, epoch=epoch, alt_flip=train and hp.alt_flip,
-                             num_replicas=replicas, rank=rank)
+        return DeviceBatches(dataset.images, dataset.labels, self.mean, self.std, hp.batch_size,
+                             normalize=model.to_input, device=device, train=train,
+                             cutout=hp.cutout, seed=hp.seed, epoch=epoch, num_replicas=replicas,
+                             rank=rank)
 
     def train_dataloader(self):
-        if len(self.train_set) < self.hparams.batch_size:  # the partial batch is dropped: nothing would be left
-            raise UsageError(f"--batch-size {self.hparams.batch_size} is larger than the training set "
-                             f"({len(self.train_set)} images): choose a batch of at most {len(self.train_set)}")
+        if len(self.train_set) < self.hparams.batch_size:  # the partial batch is dropped: none left
+            raise ValueError(f"--batch-size {self.hparams.batch_size} is larger than the training "
+                             f"set ({len(self.train_set)} images): choose a batch of at most "
+                             f"{len(self.train_set)}")
         return self._loader(self.train_set, shuffle=True)
 
     def val_dataloader(self):

@@ -1,31 +1,41 @@
-"""GradCAM with pytorch-grad-cam: which parts of the image drove the score of a chosen class."""
+"""GradCAM with pytorch-grad-cam: which parts of the image drove the score of a chosen class.
+
+GradCAM looks at one layer's feature maps. Each map gets a weight: how much the class score grows
+with it (its gradient, averaged over the map). The weighted sum, negatives cut to zero, is a coarse
+heat map of where the evidence for the class sits; it is stretched over the image. Deeper layers
+know more about the class but are coarser (4x4 at the last stage for a 32x32 input).
+
+Needs only model.py, NumPy, torch and pytorch-grad-cam: the exported Space runs it too.
+"""
 import numpy as np
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from model import DEFAULT_LAYERS, GRADCAM_LAYERS  # noqa: F401 (gradcam.GRADCAM_LAYERS: the layers to look at)
-from plumbing.files import UsageError
-from utils import eval_mode, to_input
+# gradcam.DEFAULT_LAYERS / GRADCAM_LAYERS: the layers to look at, kept beside the networks
+from model import DEFAULT_LAYERS, GRADCAM_LAYERS, MODELS, eval_mode, to_input  # noqa: F401
 
 
-def target_layer(model, name):
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
-        known = ", ".join(n for n, _ in model.named_children())
-        raise UsageError(f"{type(model).__name__} has no layer {name!r}; GradCAM can use one of: {known}") from None
+def target_layer(model, layer):
+    """The module named `layer`, if it is one of the layers model.GRADCAM_LAYERS offers for this
+    network."""
+    name = next(name for name, network in MODELS.items() if isinstance(model, network))
+    if layer not in GRADCAM_LAYERS[name]:
+        raise ValueError(f"{name} has no GradCAM layer {layer!r}: choose one of "
+                         f"{', '.join(GRADCAM_LAYERS[name])}")
+    return model.get_submodule(layer)
 
 
 def gradcam(model, input_tensor, target_classes, layer):
     """(N, H, W) heat maps in [0, 1] for normalised inputs, one target class per image.
 
-    Runs on the plain nn.Module in eval mode and puts the model back in the train/eval mode it was in.
-    """
+    Runs the network in eval mode and puts it back in the train/eval mode it was in."""
     if len(target_classes) != len(input_tensor):
         raise ValueError(f"{len(input_tensor)} images but {len(target_classes)} target classes")
-    with eval_mode(model), GradCAM(model=model, target_layers=[target_layer(model, layer)]) as cam:
-        return cam(input_tensor=input_tensor, targets=[ClassifierOutputTarget(int(c)) for c in target_classes])
+    module = target_layer(model, layer)
+    with eval_mode(model), GradCAM(model=model, target_layers=[module]) as cam:
+        targets = [ClassifierOutputTarget(int(c)) for c in target_classes]
+        return cam(input_tensor=input_tensor, targets=targets)
 
 
 def overlay(images, heatmaps, image_weight=0.5):
@@ -37,11 +47,12 @@ def overlay(images, heatmaps, image_weight=0.5):
                      for img, cam in zip(images, heatmaps)])
 
 
-def gradcam_overlays(model, images, target_classes, mean, std, layer, image_weight=0.5, batch_size=64):
-    """GradCAM of uint8 HWC images for one class each, drawn over the images themselves: uint8 overlays.
+def gradcam_overlays(model, images, target_classes, mean, std, layer, image_weight=0.5,
+                     batch_size=64):
+    """GradCAM of uint8 HWC images for one class each, drawn over the images themselves: uint8
+    overlays.
 
-    The network gets the normalised images; the heat maps go over the de-normalised ones (the uint8 pixels / 255).
-    """
+    The network gets the normalised images; the heat maps go over the pixels as they are (/ 255)."""
     images = np.asarray(images)
     if len(images) == 0:
         return np.zeros((0, *images.shape[1:3], 3), np.uint8)
@@ -51,10 +62,12 @@ def gradcam_overlays(model, images, target_classes, mean, std, layer, image_weig
     return overlay(images.astype(np.float32) / 255.0, maps, image_weight)
 
 
-def mistake_overlays(model, images, labels, index, predicted, mean, std, layer, image_weight=0.5):
-    """For the mistakes chosen by utils.misclassified: overlays for the predicted class and for the true class,
-    computed in one batch. Returns (predicted_overlays, true_overlays), uint8 N x H x W x 3 each."""
+def mistake_overlays(model, images, labels, mistakes, mean, std, layer, n=8):
+    """The first `n` mistakes (utils.Mistakes) under GradCAM, once for the class the network chose
+    and once for the true one, in one batch: (predicted_overlays, true_overlays), uint8 n x H x W
+    x 3 each."""
+    index = mistakes.index[:n]
     chosen = np.asarray(images)[index]
-    targets = np.concatenate([np.asarray(predicted), np.asarray(labels)[index]])
-    both = gradcam_overlays(model, np.concatenate([chosen, chosen]), targets, mean, std, layer, image_weight)
-    return both[:len(chosen)], both[len(chosen):]
+    targets = np.concatenate([mistakes.predicted[:n], np.asarray(labels)[index]])
+    both = gradcam_overlays(model, np.concatenate([chosen, chosen]), targets, mean, std, layer)
+    return both[:len(index)], both[len(index):]

@@ -12,7 +12,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch_lr_finder import LRFinder, TrainDataLoaderIter
 
-from plumbing.files import UsageError, atomic_write_json
+from lit_classifier import make_optimizer
+from plumbing.files import atomic_write_json
 from recipes import DEFAULT
 
 SKIP_START, SKIP_END = 10, 5  # torch-lr-finder's defaults: the first steps are noise, the last ones the blow-up
@@ -22,18 +23,15 @@ def find_lr(model, train_loader, optimizer=DEFAULT["optimizer"], weight_decay=DE
             momentum=DEFAULT["momentum"], start_lr=1e-5, end_lr=10.0, num_iter=100, device=None):
     """Run the range test on a copy of `model` (the model itself is left untouched).
 
-    Returns (suggested_lr, figure): a tenth of the LR where the smoothed loss was lowest (see `suggest`), and
-    loss-vs-LR with both marked.
-    Steps after the loss became NaN/inf are dropped first (torch-lr-finder stops on inf but runs on through NaN and
-    would then point at the blow-up); a UsageError says so when too few finite steps are left to suggest anything.
+    The test trains for `num_iter` steps while the LR grows exponentially from `start_lr` to `end_lr`: the loss
+    first barely moves (LR too small), then falls faster and faster, then blows up (LR too large). Returns
+    (suggested_lr, figure): a tenth of the LR where the smoothed loss was lowest (see `suggest`), and the
+    loss-vs-LR curve with both marked. Steps after the loss became NaN/inf are dropped (torch-lr-finder runs on
+    through NaN); too few finite steps left is a ValueError.
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = copy.deepcopy(model)
-    if optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=start_lr, momentum=momentum, nesterov=True,
-                              weight_decay=weight_decay)
-    else:
-        opt = torch.optim.Adam(model.parameters(), lr=start_lr, weight_decay=weight_decay)
+    opt = make_optimizer(model.parameters(), optimizer, start_lr, momentum, weight_decay)
     finder = LRFinder(model, opt, nn.CrossEntropyLoss(), device=device)
     if not isinstance(train_loader, DataLoader):  # torch-lr-finder takes other iterables (DeviceBatches) wrapped
         train_loader = TrainDataLoaderIter(train_loader)
@@ -43,7 +41,7 @@ def find_lr(model, train_loader, optimizer=DEFAULT["optimizer"], weight_decay=DE
     diverged = f"the loss became {losses[finite]} at lr {lrs[finite]:.2e}" if finite < len(losses) else ""
     if finite < SKIP_START + SKIP_END + 2:  # torch-lr-finder's own stop (loss > 5x its best) can also come this early
         why = diverged or f"the loss rose past 5 times its best at lr {lrs[-1]:.2e}"
-        raise UsageError(f"the LR range test diverged after {finite} of {num_iter} steps ({why}), too few to "
+        raise ValueError(f"the LR range test diverged after {finite} of {num_iter} steps ({why}), too few to "
                          f"suggest a peak LR: set --lr yourself (below {lrs[min(finite, len(lrs) - 1)]:.2e}) "
                          "instead of using --lr-find, or start the test at a lower LR")
     lrs, losses = np.array(lrs[:finite]), np.array(losses[:finite])
@@ -63,15 +61,12 @@ def find_lr(model, train_loader, optimizer=DEFAULT["optimizer"], weight_decay=DE
 
 def suggest(lrs, losses):
     """(suggested peak LR, step of the lowest loss) of a range test: a tenth of the LR where the smoothed loss was
-    lowest, safely below the blow-up that follows (the rule of fastai's early LR finder).
-
-    Written here rather than taken from torch-lr-finder, whose suggestion is the steepest descent of the whole curve:
-    on the ResNet-9 it fell on the first steps' quick drop of an untrained network (1e-4 with Adam) or, past the
-    blow-up, where a diverged network's loss falls again (0.2 with Adam)."""
+    lowest, safely below the blow-up that follows (the rule of fastai's early LR finder). torch-lr-finder's own
+    pick, the steepest descent, fell on the ResNet-9's first quick drop or past the blow-up."""
     losses = np.asarray(losses, dtype=float)
     lowest = int(np.argmin(losses))
     if lowest < SKIP_START:
-        raise UsageError(f"the LR range test's loss was lowest at step {lowest + 1} of {len(losses)}, before any "
+        raise ValueError(f"the LR range test's loss was lowest at step {lowest + 1} of {len(losses)}, before any "
                          "descent to suggest a peak from: start the test at a lower LR, or set --lr yourself")
     return float(lrs[lowest]) / 10, lowest
 

@@ -25,62 +25,52 @@ resnet18 (ResNet-18, target >= 95% on official CIFAR-10 within 40 epochs): the R
     tools/gpu_runs.sh runs it on a GPU.
 
 Flip test-time augmentation is on in every recipe: it costs one extra pass over the test set and is reported on its
-own (test_acc_tta); test_acc stays the plain single-view accuracy. EMA of the weights and label smoothing are off
-(neither is part of the recipes above); --ema DECAY and --label-smoothing turn them on.
+own (test_acc_tta); test_acc stays the plain single-view accuracy. Label smoothing is off (airbench94 uses 0.2;
+--label-smoothing turns it on).
 
-Options from airbench (Keller Jordan's cifar10-airbench) and Page's later work, off in every recipe until a measured
-run (3 seeds, results/) shows one helps here:
-    label_smoothing: airbench94 uses 0.2.
-    freeze_bn_weight, bn_bias_lr: BatchNorm scales frozen at 1, and BN biases trained at bn_bias_lr x the LR with the
-        weight decay divided by the same factor, so that their decay per step (LR x weight decay, with SGD) stays
-        (Page's "bag of tricks" and airbench94: scales frozen, bias LR x 64).
-    alt_flip: alternating flips (airbench): a random half of the images mirrored in even epochs, the other half in
-        odd ones, in place of a fresh coin per image and epoch.
-    tta_translate: test_acc_tta becomes airbench's TTA level 2: half the mirror TTA of the image, half the mean of the
-        mirror TTA of the image shifted by one pixel up-left and down-right (reflect padding).
-    ema, ema_every: an EMA of the weights updated every ema_every steps (airbench's Lookahead also updates every 5
-        steps, but copies the average back into the weights; that variant is not here). Patch-whitening of the first
-        layer (airbench) changes the network and is not offered.
+Each recipe's LR is for its own batch size. Another batch size scales it linearly (scaled_lr: Goyal et al. 2017,
+"Accurate, Large Minibatch SGD"): with the mean loss of a batch, a quarter of the batch takes four times the steps
+per epoch, so a quarter of the LR keeps the distance the weights travel per epoch about the same. A peak found by
+the LR range test was measured at the batch size it trains with, so it is never scaled.
 """
-import argparse
-
-from plumbing.files import UsageError
-
-# The options above, each off (written out in every recipe through this one dict, so that they cannot drift apart).
-OPTIONS_OFF = dict(ema_every=1, freeze_bn_weight=False, bn_bias_lr=1.0, alt_flip=False, tta_translate=False)
 RECIPES = {
     "dawn": dict(model="custom_resnet", epochs=24, batch_size=512, optimizer="sgd", lr=0.4, momentum=0.9,
                  weight_decay=5e-4, pct_start=5 / 24, div_factor=1e4, final_div_factor=1e4, label_smoothing=0.0,
-                 logit_scale=0.125, cutout=8, lr_find=False, ema=0.0, tta=True, **OPTIONS_OFF),
+                 logit_scale=0.125, cutout=8, lr_find=False, tta=True),
     "course": dict(model="custom_resnet", epochs=24, batch_size=512, optimizer="adam", lr=None, momentum=0.9,
                    weight_decay=1e-4, pct_start=5 / 24, div_factor=100.0, final_div_factor=100.0,
-                   label_smoothing=0.0, logit_scale=1.0, cutout=8, lr_find=True, ema=0.0, tta=True, **OPTIONS_OFF),
+                   label_smoothing=0.0, logit_scale=1.0, cutout=8, lr_find=True, tta=True),
     "resnet18": dict(model="resnet18", epochs=40, batch_size=512, optimizer="sgd", lr=0.4, momentum=0.9,
                      weight_decay=5e-4, pct_start=0.2, div_factor=1e4, final_div_factor=1e4, label_smoothing=0.0,
-                     logit_scale=1.0, cutout=8, lr_find=False, ema=0.0, tta=True, **OPTIONS_OFF),
+                     logit_scale=1.0, cutout=8, lr_find=False, tta=True),
 }
 DEFAULT_RECIPE = {"custom_resnet": "dawn", "resnet18": "resnet18"}
 DEFAULT = RECIPES["dawn"]  # the defaults of LitClassifier and CIFAR10DataModule
 SETTINGS = tuple(RECIPES["dawn"])
 
 
-def resolve(args):
-    """A copy of `args` with every setting not given on the command line (absent or None) taken from the recipe.
+def scaled_lr(recipe, batch_size):
+    """The recipe's peak LR for `batch_size` images per step: linear in the batch size (see above)."""
+    return recipe["lr"] * batch_size / recipe["batch_size"]
 
-    The recipe is --recipe, else the default recipe of --model, else "dawn". Sets args.recipe to the name used.
-    An explicit --lr also turns off a recipe's LR range test, unless --lr-find is given too.
-    """
-    name = args.recipe or DEFAULT_RECIPE.get(getattr(args, "model", None), "dawn")
+
+def resolve(given):
+    """Every setting of a run: the recipe's values, with the ones in `given` (a dict, None meaning "not given")
+    in their place. The recipe is given["recipe"], else the default recipe of given["model"], else "dawn".
+
+    A batch size other than the recipe's scales its LR (scaled_lr), unless --lr is given. An explicit --lr also turns
+    off a recipe's LR range test, unless --lr-find is given too."""
+    name = given.get("recipe") or DEFAULT_RECIPE.get(given.get("model"), "dawn")
     if name not in RECIPES:
-        raise UsageError(f"unknown recipe {name!r}: choose one of {', '.join(RECIPES)}")
-    resolved = argparse.Namespace(**vars(args))
-    resolved.recipe = name
-    if getattr(args, "lr", None) is not None and getattr(args, "lr_find", None) is None:
-        resolved.lr_find = False  # an explicit --lr wins over a recipe's LR range test
-    for key, value in RECIPES[name].items():
-        if getattr(resolved, key, None) is None:
-            setattr(resolved, key, value)
-    if resolved.lr is None and not resolved.lr_find:
-        raise UsageError(f"the {name} recipe takes its peak LR from the LR range test: give --lr, or drop "
+        raise ValueError(f"unknown recipe {name!r}: choose one of {', '.join(RECIPES)}")
+    recipe = RECIPES[name]
+    settings = {**given, **{key: value for key, value in recipe.items() if given.get(key) is None}}
+    settings["recipe"] = name
+    if given.get("lr") is not None and given.get("lr_find") is None:
+        settings["lr_find"] = False  # an explicit --lr wins over a recipe's LR range test
+    if given.get("lr") is None and recipe["lr"] is not None:
+        settings["lr"] = scaled_lr(recipe, settings["batch_size"])
+    if settings["lr"] is None and not settings["lr_find"]:
+        raise ValueError(f"the {name} recipe takes its peak LR from the LR range test: give --lr, or drop "
                          "--no-lr-find")
-    return resolved
+    return settings

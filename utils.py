@@ -1,12 +1,14 @@
 """The design card of the course: dataset statistics, transforms, predictions and plotting.
 
 - statistics: per-channel mean/std of the training images (cached beside the data);
-- transforms: the albumentations training augmentation (reflect-pad + crop, flip, cutout) and the evaluation
-  transform, both ending in normalisation;
+- transforms: the albumentations training augmentation (reflect-pad + crop, flip, cutout) and
+  the evaluation transform, both ending in normalisation;
 - predictions: softmax outputs of a model, its most confident mistakes, the confusion matrix;
-- plotting: curves, image grids (samples, augmentations, mistakes, GradCAM), the LR schedule, the confusion matrix.
+- plotting: curves, image grids (samples, augmentations, mistakes, GradCAM), the LR schedule,
+  the confusion matrix.
 
-Every plot function returns a matplotlib figure; the caller shows it (notebook) or saves it (train.py, app).
+Every plot function returns a matplotlib figure; the caller shows it (notebook) or saves it
+(train.py, app).
 """
 import copy
 import csv
@@ -14,28 +16,30 @@ import hashlib
 import json
 import math
 import os
-from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks PyPI on import otherwise
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # else albumentations asks PyPI on import
 
 import albumentations as A
 import cv2
-from matplotlib.figure import Figure  # figures outside pyplot: nothing shown twice, nothing kept open
+from matplotlib.figure import Figure  # outside pyplot: nothing shown twice, nothing kept open
 import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
+from model import class_probabilities, eval_mode, to_input
 from plumbing.files import atomic_write_json
 
 STATS_FILE = "channel_stats.json"
 
 
-# ------------------------------------------------------------------------------------------------------ statistics
+# --------------------------------------------------------------------------------------- statistics
 def channel_stats(images, chunk=5000):
-    """Per-channel mean and std of uint8 NHWC images, scaled to [0, 1] (float64 sums, chunked to bound memory)."""
+    """Per-channel mean and std of uint8 NHWC images, scaled to [0, 1] (float64 sums, chunked to
+    bound memory)."""
     total, total_sq, count = np.zeros(3), np.zeros(3), 0
     for start in range(0, len(images), chunk):
         pixels = images[start:start + chunk].reshape(-1, 3).astype(np.float64) / 255.0
@@ -52,7 +56,8 @@ def fingerprint(images) -> str:
 
 
 def cached_channel_stats(folder, images):
-    """Mean/std of the training split, cached in `folder/channel_stats.json` and recomputed if the data changed."""
+    """Mean/std of the training split, cached in `folder/channel_stats.json` and recomputed if the
+    data changed."""
     path = Path(folder) / STATS_FILE
     key = fingerprint(images)
     try:
@@ -63,20 +68,30 @@ def cached_channel_stats(folder, images):
         pass  # no cache yet, or an unreadable one: compute afresh
     mean, std = channel_stats(images)
     try:
-        atomic_write_json(path, {"fingerprint": key, "images": len(images), "mean": mean, "std": std})
+        atomic_write_json(path, {"fingerprint": key, "images": len(images), "mean": mean,
+                                 "std": std})
     except OSError:
         pass  # a read-only data folder only costs the recomputation next time
     return mean, std
 
 
-# ------------------------------------------------------------------------------------------------------ transforms
-def train_transforms(mean, std, cutout=8, pad=4, flip=True):
-    """Reflect-pad + random crop, horizontal flip (unless `flip=False`), one cutout hole filled with the dataset mean,
-    normalise."""
+# --------------------------------------------------------------------------------------- transforms
+def train_transforms(mean, std, cutout=8, pad=4):
+    """The training augmentation: each epoch shows every image a little differently, so the network
+    learns what stays the same (the object) rather than memorising the pixels.
+
+    - reflect-pad by `pad` + random 32x32 crop: the object moves by up to `pad` pixels, as objects
+      sit anywhere in a photo; reflecting (not black borders) keeps the edges looking natural;
+    - horizontal flip half the time: a mirrored car is still a car (a vertical flip would not be);
+    - cutout, one `cutout` x `cutout` hole filled with the dataset mean: hides part of the object,
+      so the network cannot rely on one tell-tale patch (DeVries & Taylor, 2017);
+    - normalise: each channel to mean 0, std 1, as every evaluated image is too.
+    """
     steps = [
         A.PadIfNeeded(32 + 2 * pad, 32 + 2 * pad, border_mode=cv2.BORDER_REFLECT_101),
         A.RandomCrop(32, 32),
-    ] + ([A.HorizontalFlip(p=0.5)] if flip else [])
+        A.HorizontalFlip(p=0.5),
+    ]
     if cutout:
         fill = tuple(round(m * 255) for m in mean)
         steps.append(A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(cutout, cutout),
@@ -96,82 +111,87 @@ def denormalize(tensor, mean, std):
     return (tensor * std + mean).clamp(0, 1)
 
 
-# ----------------------------------------------------------------------------------------------------- predictions
-@contextmanager
-def eval_mode(model):
-    """Run the block with the model in eval mode, then put it back in the train/eval mode it was in."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
-def to_input(images, mean, std):
-    """uint8 HWC images -> the normalised NCHW float batch the networks take (eval_transforms above)."""
-    transform = eval_transforms(mean, std)
-    return torch.stack([transform(image=np.ascontiguousarray(image))["image"] for image in images])
-
-
-@torch.no_grad()
+# -------------------------------------------------------------------------------------- predictions
 def predict(model, loader, device=None):
-    """Softmax probabilities and labels for every batch of `loader`; the model's train/eval mode is restored."""
+    """Class probabilities and labels for every batch of `loader`; the model's train/eval mode is
+    restored."""
     device = device or next(model.parameters()).device
     probs, labels = [], []
     with eval_mode(model):
         for images, targets in loader:
-            probs.append(torch.softmax(model(images.to(device)).float(), dim=1).cpu())
+            probs.append(class_probabilities(model, images.to(device)).cpu())
             labels.append(torch.as_tensor(targets))
     return torch.cat(probs).numpy(), torch.cat(labels).numpy()
 
 
-@torch.no_grad()
 def predict_images(model, images, mean, std, batch_size=256):
-    """Softmax probabilities for uint8 HWC images (uploads, a slice of the test set), no DataLoader needed."""
+    """Class probabilities for uint8 HWC images (uploads, a slice of the test set), no DataLoader
+    needed."""
     device = next(model.parameters()).device
     probs = []
     with eval_mode(model):
         for start in range(0, len(images), batch_size):
-            batch = to_input(images[start:start + batch_size], mean, std).to(device)
-            probs.append(torch.softmax(model(batch).float(), dim=1).cpu())
+            batch = torch.as_tensor(images[start:start + batch_size]).to(device)
+            probs.append(class_probabilities(model, to_input(batch, mean, std)).cpu())
     return torch.cat(probs).numpy()
 
 
+class Mistakes(NamedTuple):
+    """The wrong predictions, most confident first: the images' indices, the class predicted for
+    each, and the probability it was given."""
+    index: np.ndarray
+    predicted: np.ndarray
+    confidence: np.ndarray
+
+    def first(self, n):
+        return Mistakes(*(field[:n] for field in self))
+
+
 def misclassified(probs, labels):
-    """Indices of wrong predictions, most confident mistakes first; also the predicted class and its probability."""
+    """The Mistakes in `probs` (N x classes) against the true `labels`."""
     predicted = probs.argmax(1)
     wrong = np.flatnonzero(predicted != labels)
     confidence = probs[wrong, predicted[wrong]]
     order = np.argsort(-confidence, kind="stable")
-    return wrong[order], predicted[wrong[order]], confidence[order]
+    return Mistakes(wrong[order], predicted[wrong[order]], confidence[order])
+
+
+def mistake_titles(labels, mistakes, classes):
+    """One caption per mistake: the true class, the predicted one and its probability."""
+    return [f"true {classes[labels[i]]}\npred {classes[p]} ({c:.0%})" for i, p, c in zip(*mistakes)]
 
 
 def confusion_matrix(probs, labels):
-    """Counts of (true class, predicted class) pairs: rows are true classes, columns predictions (torchmetrics)."""
-    matrix = multiclass_confusion_matrix(torch.as_tensor(probs), torch.as_tensor(labels), num_classes=probs.shape[1])
+    """Counts of (true class, predicted class) pairs: rows are true classes, columns predictions
+    (torchmetrics)."""
+    matrix = multiclass_confusion_matrix(torch.as_tensor(probs), torch.as_tensor(labels),
+                                         num_classes=probs.shape[1])
     return matrix.numpy()
 
 
 def per_class_accuracy(confusion):
-    """Share of each true class predicted correctly (the diagonal over the row sums); NaN for an absent class."""
+    """Share of each true class predicted correctly (the diagonal over the row sums); NaN for an
+    absent class."""
     totals = confusion.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(totals > 0, np.diag(confusion) / totals, np.nan)
 
 
-# -------------------------------------------------------------------------------------------------------- plotting
+# ----------------------------------------------------------------------------------------- plotting
 def read_metrics(path):
     """metrics.csv (one row per epoch) -> list of dicts of floats (empty cells become NaN)."""
     with open(path, newline="") as f:
-        return [{k: float(v) if v != "" else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: float(v) if v != "" else math.nan for k, v in row.items()}
+                for row in csv.DictReader(f)]
 
 
 def plot_curves(rows):
-    """Loss and accuracy per epoch, train against validation, from metrics.csv rows (or its path)."""
+    """Loss and accuracy per epoch, train against validation, from metrics.csv rows (or its
+    path)."""
     if not isinstance(rows, list):
         rows = read_metrics(rows)
-    rows = [{k: math.nan if v in ("", None) else v for k, v in row.items()} for row in rows]  # epochs not validated
+    # an epoch without validation has empty cells
+    rows = [{k: math.nan if v in ("", None) else v for k, v in row.items()} for row in rows]
     epochs = [r["epoch"] for r in rows]
     fig = Figure(figsize=(11, 4))
     axes = fig.subplots(1, 2)
@@ -213,17 +233,17 @@ def image_grid(images, titles, ncols=5, title=None, scale=2.0):
     return fig
 
 
-def plot_misclassified(images, labels, index, predicted, confidence, classes, n=20):
-    """The first `n` of the mistakes chosen by utils.misclassified, titled true -> predicted (confidence)."""
-    index = index[:n]
-    titles = [f"true {classes[labels[i]]}\npred {classes[p]} ({c:.0%})"
-              for i, p, c in zip(index, predicted[:n], confidence[:n])]
-    return image_grid(images[index], titles, title=f"Misclassified test images, most confident first "
-                                                  f"({len(index)} shown)")
+def plot_misclassified(images, labels, mistakes, classes, n=20):
+    """The first `n` Mistakes (utils.misclassified), titled true -> predicted (confidence)."""
+    mistakes = mistakes.first(n)
+    return image_grid(images[mistakes.index], mistake_titles(labels, mistakes, classes),
+                      title=f"Misclassified test images, most confident first "
+                            f"({len(mistakes.index)} shown)")
 
 
 def plot_class_samples(images, labels, classes, per_class=8, seed=0):
-    """`per_class` randomly chosen images of every class, one row per class, the class named on the left."""
+    """`per_class` randomly chosen images of every class, one row per class, the class named on
+    the left."""
     rng = np.random.default_rng(seed)
     fig = Figure(figsize=(1.1 * per_class + 1, 1.1 * len(classes)))
     axes = fig.subplots(len(classes), per_class, squeeze=False)
@@ -234,26 +254,32 @@ def plot_class_samples(images, labels, classes, per_class=8, seed=0):
             ax.axis("off")
         for ax, i in zip(axes[row], picked):
             ax.imshow(images[i], interpolation="nearest")
-        axes[row, 0].text(-0.1, 0.5, name, transform=axes[row, 0].transAxes, ha="right", va="center")
+        axes[row, 0].text(-0.1, 0.5, name, transform=axes[row, 0].transAxes, ha="right",
+                          va="center")
     fig.suptitle(f"{per_class} random training images per class")
     fig.tight_layout()
     return fig
 
 
 def plot_augmentations(image, transform, mean, std, n=9, seed=0):
-    """One uint8 HWC image and `n` draws of the training `transform` on it (de-normalised for display).
+    """One uint8 HWC image and `n` draws of the training `transform` on it (de-normalised for
+    display).
 
-    Works on a copy of the transform, so seeding it here leaves the training pipeline's random state alone.
+    Works on a copy of the transform, so seeding it here leaves the training pipeline's random
+    state alone.
     """
     transform = copy.deepcopy(transform)
     transform.set_random_seed(seed)
-    views = [denormalize(transform(image=image)["image"], mean, std).permute(1, 2, 0).numpy() for _ in range(n)]
+    views = [denormalize(transform(image=image)["image"], mean, std).permute(1, 2, 0).numpy()
+             for _ in range(n)]
     return image_grid([image] + views, ["original"] + [f"augmented {i + 1}" for i in range(n)],
-                      ncols=min(n + 1, 5), title=f"The training augmentation drawn {n} times on one image")
+                      ncols=min(n + 1, 5),
+                      title=f"The training augmentation drawn {n} times on one image")
 
 
 def plot_lr_schedule(lrs, steps_per_epoch=None, title="OneCycle learning rate"):
-    """Learning rate per optimizer step (e.g. from lr_finder.onecycle_schedule), epochs on the x axis if known."""
+    """Learning rate per optimizer step (e.g. from lr_finder.onecycle_schedule), epochs on the x
+    axis if known."""
     steps = np.arange(len(lrs))
     x = steps / steps_per_epoch if steps_per_epoch else steps
     fig = Figure(figsize=(6, 3.5))
@@ -267,21 +293,24 @@ def plot_lr_schedule(lrs, steps_per_epoch=None, title="OneCycle learning rate"):
     return fig
 
 
-def plot_gradcam(images, labels, index, predicted, confidence, predicted_overlays, true_overlays, classes, layer):
-    """Mistakes in columns; rows: the image, GradCAM for the predicted class, GradCAM for the true class."""
+def plot_gradcam(images, labels, mistakes, overlays, classes, layer):
+    """The first mistakes in columns; rows: the image, GradCAM for the predicted class, GradCAM for
+    the true class. `overlays`: (predicted, true) from gradcam.mistake_overlays."""
+    predicted_overlays, true_overlays = overlays
     n = len(predicted_overlays)
-    index = index[:n]
-    titles = ([f"true {classes[labels[i]]}\npred {classes[p]} ({c:.0%})"
-               for i, p, c in zip(index, predicted[:n], confidence[:n])]
-              + [f"CAM {classes[p]} (pred)" for p in predicted[:n]]
-              + [f"CAM {classes[labels[i]]} (true)" for i in index])
-    return image_grid(list(images[index]) + list(predicted_overlays) + list(true_overlays), titles, ncols=max(n, 1),
-                      title=f"GradCAM at {layer} of the most confident mistakes: where the network looked "
-                            "for the class it chose, and for the right one")
+    mistakes = mistakes.first(n)
+    titles = (mistake_titles(labels, mistakes, classes)
+              + [f"CAM {classes[p]} (pred)" for p in mistakes.predicted]
+              + [f"CAM {classes[labels[i]]} (true)" for i in mistakes.index])
+    pictures = list(images[mistakes.index]) + list(predicted_overlays) + list(true_overlays)
+    return image_grid(pictures, titles, ncols=max(n, 1),
+                      title=f"GradCAM at {layer} of the most confident mistakes: where the network "
+                            "looked for the class it chose, and for the right one")
 
 
 def plot_confusion(confusion, classes):
-    """Confusion matrix (torchmetrics' plot: rows true, columns predicted) beside the accuracy of each class."""
+    """Confusion matrix (torchmetrics' plot: rows true, columns predicted) beside the accuracy of
+    each class."""
     fig = Figure(figsize=(15, 6.5))
     ax_matrix, ax_acc = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
     MulticlassConfusionMatrix(num_classes=len(classes)).plot(
@@ -295,7 +324,8 @@ def plot_confusion(confusion, classes):
                     "n/a" if np.isnan(value) else f"{value:.0%}", va="center", fontsize=9)
     total = np.trace(confusion) / max(confusion.sum(), 1)
     ax_acc.axvline(total, color="k", linestyle="--", linewidth=1, label=f"overall {total:.1%}")
-    ax_acc.set(yticks=positions, yticklabels=classes, xlim=(0, 1.12), xlabel="accuracy", title="Accuracy per class")
+    ax_acc.set(yticks=positions, yticklabels=classes, xlim=(0, 1.12), xlabel="accuracy",
+               title="Accuracy per class")
     ax_acc.invert_yaxis()
     ax_acc.legend(loc="lower right")
     ax_acc.grid(axis="x", alpha=0.3)

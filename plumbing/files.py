@@ -1,4 +1,4 @@
-"""Small helpers shared by the modules: user-facing errors, atomic file writes, device description."""
+"""Small helpers shared by the modules: atomic file writes and the device's name."""
 import io
 import json
 import os
@@ -7,10 +7,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-
-
-class UsageError(Exception):
-    """A problem the user can fix (bad option, missing data...). Command lines print it as one line, no traceback."""
 
 
 # The permissions a plain open() would give (mkstemp makes its files private). Read once: os.umask can only be
@@ -36,6 +32,12 @@ def atomic_write_bytes(path, data: bytes):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporary_files(folder):
+    """Delete the temporary files of atomic writes that a killed process left behind in `folder`."""
+    for path in Path(folder).glob(".*.tmp"):
+        path.unlink(missing_ok=True)
 
 
 def atomic_write_text(path, text: str):

@@ -1,3 +1,4 @@
+import json
 import shutil
 import socket
 import struct
@@ -10,8 +11,8 @@ from PIL import Image
 
 import app
 from data import CIFAR10DataModule, CLASSES
-from plumbing.checkpointing import INFERENCE
-from plumbing.files import UsageError
+from demo import serving
+from plumbing.checkpointing import SERVING
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +29,12 @@ def photo(demo, tmp_path_factory):
 
 
 def png_claiming_size(path, width, height):
-    """A PNG whose header claims width x height: enough to test the size checks without decoding anything."""
+    """A PNG whose header claims width x height: enough to test the size checks, nothing decoded."""
     buffer = path.with_suffix(".tmp.png")
     Image.new("RGB", (1, 1)).save(buffer)
     data = bytearray(buffer.read_bytes())
-    data[16:24] = struct.pack(">II", width, height)  # IHDR payload starts at byte 16, CRC after its 13 bytes
+    # the IHDR payload starts at byte 16, its CRC follows its 13 bytes
+    data[16:24] = struct.pack(">II", width, height)
     data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
     path.write_bytes(bytes(data))
     return path
@@ -44,7 +46,8 @@ def bad_files(tmp_path_factory, photo):
     (folder / "notes.txt").write_text("not an image\n")
     (folder / "empty.png").write_bytes(b"")
     Image.new("RGB", (1, 1), "red").save(folder / "dot.png")
-    (folder / "corrupt.png").write_bytes(photo.read_bytes()[:200])  # header intact, pixel data cut off
+    # header intact, pixel data cut off
+    (folder / "corrupt.png").write_bytes(photo.read_bytes()[:200])
     png_claiming_size(folder / "huge.png", 9000, 9000)
     return folder
 
@@ -55,47 +58,55 @@ def test_load_demo_uses_the_runs_own_data(demo, tiny_run):
     assert demo.model_name == "custom_resnet" and not demo.model.training
     assert demo.mean == dm.mean and demo.std == dm.std
     np.testing.assert_array_equal(demo.test_images, dm.test_images)
-    assert "synthetic" in demo.data_note and demo.summary["test_images"] == 60
+    assert "synthetic" in demo.data_note and demo.record["test_images"] == 60
 
 
 def test_missing_or_broken_checkpoint_is_a_clear_error(tmp_path, capsys):
-    with pytest.raises(UsageError, match="no checkpoint at .*train.py"):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at .*train.py"):
         app.load_demo(tmp_path / "last.ckpt")
     (tmp_path / "last.ckpt").write_bytes(b"garbage")
     assert app.main(["--checkpoint", str(tmp_path / "last.ckpt")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "is not a readable checkpoint" in err and "Traceback" not in err
+    assert err.startswith("error: ") and "is not a readable checkpoint" in err
+    assert "Traceback" not in err
 
 
 def test_the_checkpoint_alone_serves_uploads(tiny_run, tmp_path, photo):
-    shutil.copy(tiny_run / "last.ckpt", tmp_path / "last.ckpt")  # the run folder is gone: no summary.json, no data
+    # the run folder is gone: no summary.json, no data
+    shutil.copy(tiny_run / "last.ckpt", tmp_path / "last.ckpt")
     alone = app.load_demo(tmp_path / "last.ckpt")
     dm = CIFAR10DataModule(synthetic=True, train_size=100, test_size=60, seed=0, num_workers=0)
     dm.setup()
-    assert (alone.mean, alone.std, alone.classes) == (dm.mean, dm.std, CLASSES)  # from the checkpoint's record
+    # from the checkpoint's serving record
+    assert (alone.mean, alone.std, alone.classes) == (dm.mean, dm.std, CLASSES)
     assert alone.test_images is None and "stored in the checkpoint" in alone.data_note
     assert "no readable summary.json" in alone.data_note and "--data-dir" in alone.data_note
     assert app.mistakes_gallery(alone, 4) == ([], alone.data_note)
-    probs, *_ = app.analyse_upload(alone, photo, "layer2")
-    assert probs == app.analyse_upload(app.load_demo(tiny_run / "last.ckpt"), photo, "layer2")[0]
-    assert "% test accuracy after 1 epochs" in app.serving.title(alone)  # from the checkpoint's record
+    probs, *_ = serving.analyse_upload(alone, photo, "layer2")
+    with_run = app.load_demo(tiny_run / "last.ckpt")
+    assert probs == serving.analyse_upload(with_run, photo, "layer2")[0]
+    assert "% test accuracy after 1 epochs" in serving.title(alone)
 
 
-def test_a_checkpoint_without_inference_record_falls_back_and_says_so(tiny_run, tmp_path, cifar_dir):
+def test_a_checkpoint_without_serving_record_takes_the_runs_data(tiny_run, tmp_path, cifar_dir):
     checkpoint = torch.load(tiny_run / "last.ckpt", weights_only=True)
-    del checkpoint[INFERENCE]  # as written by an older train.py
+    del checkpoint[SERVING]  # as Lightning's ModelCheckpoint alone writes it (the notebooks)
     torch.save(checkpoint, tmp_path / "last.ckpt")
-    alone = app.load_demo(tmp_path / "last.ckpt")  # no summary.json beside it
-    assert alone.test_images is None and (alone.mean, alone.std) == (app.CIFAR10_MEAN, app.CIFAR10_STD)
-    assert "no readable summary.json" in alone.data_note and "--data-dir" in alone.data_note
-    assert app.mistakes_gallery(alone, 4) == ([], alone.data_note)
-    (tmp_path / "summary.json").write_text('{"settings": {"synthetic": false, "data_dir": "%s"}}' % (tmp_path / "x"))
-    assert "no 'cifar-10-batches-py' folder" in app.load_demo(tmp_path / "last.ckpt").data_note
-    moved = app.load_demo(tmp_path / "last.ckpt", data_dir=cifar_dir)  # --data-dir points at the data
+    with pytest.raises(ValueError, match="serving record .*no readable summary.json.*--data-dir"):
+        app.load_demo(tmp_path / "last.ckpt")
+    missing = tmp_path / "x"
+    (tmp_path / "summary.json").write_text(json.dumps({"settings": {"data_dir": str(missing)}}))
+    with pytest.raises(ValueError, match="no 'cifar-10-batches-py' folder"):
+        app.load_demo(tmp_path / "last.ckpt")
+    moved = app.load_demo(tmp_path / "last.ckpt", data_dir=cifar_dir)  # --data-dir: the data
+    dm = CIFAR10DataModule(cifar_dir, num_workers=0)
+    dm.setup()
+    assert (moved.mean, moved.std, moved.classes) == (dm.mean, dm.std, CLASSES)
     assert len(moved.test_images) == 200 and f"in {cifar_dir}" in moved.data_note
 
 
-@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F", "YCbCr"])
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F",
+                                  "YCbCr"])
 def test_any_image_mode_becomes_rgb(mode, tmp_path, photo):
     image = Image.open(photo)
     if mode in ("LA", "RGBA"):
@@ -103,12 +114,13 @@ def test_any_image_mode_becomes_rgb(mode, tmp_path, photo):
         image.putalpha(0)  # fully transparent
     elif mode in ("I;16", "I", "F"):
         grey = np.asarray(image.convert("L"), np.float32) * 200
-        image = Image.fromarray(grey.astype({"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]))
+        dtype = {"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]
+        image = Image.fromarray(grey.astype(dtype))
     else:
         image = image.convert(mode)
     extension = {"CMYK": "jpg", "YCbCr": "jpg", "F": "tiff", "I": "tiff"}.get(mode, "png")
     image.save(tmp_path / f"upload.{extension}")
-    rgb, original = app.read_image(tmp_path / f"upload.{extension}")
+    rgb, original = serving.read_image(tmp_path / f"upload.{extension}")
     assert rgb.mode == "RGB" and rgb.size == (300, 200) and original.startswith("300x200")
     pixels = np.asarray(rgb)
     if mode in ("LA", "RGBA"):
@@ -121,7 +133,7 @@ def test_palette_transparency_becomes_white(tmp_path, photo):
     image = Image.open(photo).convert("P")
     transparent = image.getpixel((0, 0))
     image.save(tmp_path / "palette.png", transparency=transparent)
-    pixels = np.asarray(app.read_image(tmp_path / "palette.png")[0])
+    pixels = np.asarray(serving.read_image(tmp_path / "palette.png")[0])
     assert (pixels[np.asarray(image) == transparent] == 255).all() and pixels.min() < 200
 
 
@@ -129,27 +141,28 @@ def test_upload_is_cropped_to_its_centre_square(tmp_path):
     wide = np.zeros((100, 300, 3), np.uint8)
     wide[:, 100:200] = 255  # white centre square between black side bands
     Image.fromarray(wide).save(tmp_path / "wide.png")
-    upload = app.prepare_upload(tmp_path / "wide.png")
+    upload = serving.prepare_upload(tmp_path / "wide.png")
     assert upload.model_input.shape == (32, 32, 3) and upload.display.shape == (256, 256, 3)
     assert upload.model_input.min() >= 250 and "300x100" in upload.description
 
 
 def test_analyse_upload(demo, photo):
-    probs, overlay, model_input, status = app.analyse_upload(demo, photo, "layer2", 0.5)
+    probs, overlay, model_input, status = serving.analyse_upload(demo, photo, "layer2", 0.5)
     assert list(probs) == list(CLASSES) and sum(probs.values()) == pytest.approx(1, abs=1e-5)
     top = max(probs, key=probs.get)
     assert overlay.shape == (256, 256, 3) and overlay.dtype == np.uint8
-    assert model_input.shape == (256, 256, 3) and (model_input[:8, :8] == model_input[0, 0]).all()  # 8x8 blocks
+    assert model_input.shape == (256, 256, 3)
+    assert (model_input[:8, :8] == model_input[0, 0]).all()  # each pixel an 8x8 block
     assert f"**{top}**" in status and "photo.png: 300x200 RGB PNG" in status
-    without_heatmap = app.analyse_upload(demo, photo, "layer1", 0.0)[1]
-    np.testing.assert_allclose(without_heatmap, app.prepare_upload(photo).display, atol=2)
+    without_heatmap = serving.analyse_upload(demo, photo, "layer1", 0.0)[1]
+    np.testing.assert_allclose(without_heatmap, serving.prepare_upload(photo).display, atol=2)
 
 
 def test_analyse_upload_rejects_bad_settings(demo, photo):
-    with pytest.raises(UsageError, match="no GradCAM layer 'fc'.*layer3, layer2"):
-        app.analyse_upload(demo, photo, "fc")
-    with pytest.raises(UsageError, match="opacity must be between 0 and 1"):
-        app.analyse_upload(demo, photo, "layer2", 1.5)
+    with pytest.raises(ValueError, match="no GradCAM layer 'fc'.*layer3, layer2"):
+        serving.analyse_upload(demo, photo, "fc")
+    with pytest.raises(ValueError, match="opacity must be between 0 and 1"):
+        serving.analyse_upload(demo, photo, "layer2", 1.5)
 
 
 @pytest.mark.parametrize("name, message", [
@@ -160,31 +173,36 @@ def test_analyse_upload_rejects_bad_settings(demo, photo):
     ("huge.png", "huge.png is 9000x9000 .81 M pixels., more than the 50 M pixels"),
 ])
 def test_bad_uploads_get_a_clear_message(demo, bad_files, name, message):
-    with pytest.raises(UsageError, match=message):
-        app.analyse_upload(demo, bad_files / name, "layer2")
+    with pytest.raises(ValueError, match=message):
+        serving.analyse_upload(demo, bad_files / name, "layer2")
 
 
 def test_a_6000x6000_upload_works(demo, tmp_path):
     big = Image.new("L", (6000, 6000), 40)
     big.paste(220, (2000, 2000, 4000, 4000))
     big.save(tmp_path / "big.png")
-    probs, overlay, model_input, status = app.analyse_upload(demo, tmp_path / "big.png", "layer2")
+    probs, overlay, model_input, status = serving.analyse_upload(demo, tmp_path / "big.png",
+                                                                 "layer2")
     assert "6000x6000 L PNG" in status and overlay.shape == (256, 256, 3)
-    assert model_input[128, 128, 0] > 200 and model_input[4, 4, 0] < 60  # the bright centre square is kept
+    assert model_input[128, 128, 0] > 200 and model_input[4, 4, 0] < 60  # the bright centre square
 
 
 def test_classify_batch_skips_and_names_bad_files(demo, photo, bad_files):
-    items, status = app.classify_batch(demo, [photo, bad_files / "notes.txt", photo, bad_files / "dot.png"])
+    files = [photo, bad_files / "notes.txt", photo, bad_files / "dot.png"]
+    items, status = serving.classify_batch(demo, files)
     assert len(items) == 2 and items[0][0].shape == (128, 128, 3)
-    top = max(app.analyse_upload(demo, photo, "layer2")[0].items(), key=lambda kv: kv[1])[0]
+    probs = serving.analyse_upload(demo, photo, "layer2")[0]
+    top = max(probs, key=probs.get)
     assert items[0][1].startswith(f"{top} ") and items[0][1].endswith("(photo.png)")
-    assert "Classified 2 of 4 files" in status and "notes.txt is not an image" in status and "dot.png" in status
+    assert "Classified 2 of 4 files" in status and "notes.txt is not an image" in status
+    assert "dot.png" in status
 
 
 def test_mistakes_gallery_shows_real_mistakes_most_confident_first(demo):
     items, status = app.mistakes_gallery(demo, 5)
-    index, predicted, confidence, accuracy = app.find_mistakes(demo)
+    index, predicted, confidence = app.find_mistakes(demo)
     assert len(items) == min(5, len(index)) > 0 and f"{len(index)} mistakes among 60" in status
+    assert f"(accuracy {1 - len(index) / 60:.1%})" in status
     for (image, caption), i, p in zip(items, index, predicted):
         np.testing.assert_array_equal(image[::4, ::4], demo.test_images[i])
         true = CLASSES[demo.test_labels[i]]
@@ -192,9 +210,10 @@ def test_mistakes_gallery_shows_real_mistakes_most_confident_first(demo):
     assert list(confidence) == sorted(confidence, reverse=True)
     on_true = app.mistakes_gallery(demo, 5, "true class", "layer2", 0.6)
     on_predicted = app.mistakes_gallery(demo, 5, "predicted class", "layer2", 0.6)
-    assert "for the true class" in on_true[1] and not np.array_equal(on_true[0][0][0], items[0][0])
+    assert "for the true class" in on_true[1]
+    assert not np.array_equal(on_true[0][0][0], items[0][0])
     assert not np.array_equal(on_true[0][0][0], on_predicted[0][0][0])
-    with pytest.raises(UsageError, match="overlay must be one of"):
+    with pytest.raises(ValueError, match="overlay must be one of"):
         app.mistakes_gallery(demo, 5, "both")
 
 
@@ -202,7 +221,7 @@ def test_examples_are_written_in_several_modes_and_all_classify(demo, tmp_path):
     paths = app.write_examples(demo, tmp_path)
     modes = {Image.open(p).mode for p in paths}
     assert len(paths) == len(app.EXAMPLE_FORMATS) and {"L", "P", "RGBA", "CMYK"} <= modes
-    items, status = app.classify_batch(demo, paths)
+    items, status = serving.classify_batch(demo, paths)
     assert len(items) == len(paths), status
 
 
@@ -217,8 +236,8 @@ def client(demo, tmp_path_factory):
     from gradio_client import Client
 
     ui = app.build_ui(demo, tmp_path_factory.mktemp("examples"))
-    _, url, _ = ui.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
-                          max_file_size=app.MAX_FILE_SIZE)
+    _, url, _ = ui.launch(server_name="127.0.0.1", server_port=free_port(), quiet=True,
+                          prevent_thread_lock=True, max_file_size=serving.MAX_FILE_SIZE)
     try:
         yield Client(url, verbose=False)
     finally:
@@ -228,17 +247,20 @@ def client(demo, tmp_path_factory):
 def test_launched_app_through_gradio_client(client, photo, bad_files):
     from gradio_client import handle_file
 
-    label, overlay, model_input, status = client.predict(handle_file(str(photo)), "layer2", 0.5, api_name="/analyse")
-    assert label["label"] in CLASSES and len(label["confidences"]) == app.TOP_K
+    label, overlay, model_input, status = client.predict(handle_file(str(photo)), "layer2", 0.5,
+                                                         api_name="/analyse")
+    assert label["label"] in CLASSES and len(label["confidences"]) == serving.TOP_K
     assert Image.open(overlay).size == (256, 256) and Image.open(model_input).size == (256, 256)
     assert f"**{label['label']}**" in status
-    label, overlay, _, status = client.predict(handle_file(str(bad_files / "corrupt.png")), "layer2", 0.5,
-                                               api_name="/analyse")
-    assert overlay is None and status.startswith("**Could not use this upload:** corrupt.png could not be decoded")
-    label, _, _, status = client.predict(handle_file(str(photo)), "layer3", 0.3, api_name="/analyse")
+    label, overlay, _, status = client.predict(handle_file(str(bad_files / "corrupt.png")),
+                                               "layer2", 0.5, api_name="/analyse")
+    assert overlay is None
+    assert status.startswith("**Could not use this upload:** corrupt.png could not be decoded")
+    label, _, _, status = client.predict(handle_file(str(photo)), "layer3", 0.3,
+                                         api_name="/analyse")
     assert label["label"] in CLASSES  # still serving after the bad upload
     gallery, status = client.predict(4, "predicted class", "layer1", 0.5, api_name="/mistakes")
     assert len(gallery) == 4 and " → " in gallery[0]["caption"]
-    gallery, status = client.predict([handle_file(str(photo)), handle_file(str(bad_files / "notes.txt"))],
-                                     api_name="/classify_batch")
+    files = [handle_file(str(photo)), handle_file(str(bad_files / "notes.txt"))]
+    gallery, status = client.predict(files, api_name="/classify_batch")
     assert len(gallery) == 1 and "Classified 1 of 2 files" in status

@@ -1,6 +1,6 @@
-"""End to end in a real browser: `python app.py` on localhost, driven by headless Debian chromium via playwright."""
+"""End to end in a real browser: `python app.py` on localhost, driven by headless Debian chromium
+via playwright."""
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -11,17 +11,11 @@ from PIL import Image
 
 from data import CLASSES
 from tests.conftest import ROOT
+from tests.test_app import free_port
+# Debian's chromium, as for the README's screenshot (not playwright's own browser download)
+from tools.screenshot_app import CHROMIUM, CHROMIUM_ARGS
 
-CHROMIUM = "/usr/bin/chromium"  # Debian's package; playwright's own browser download is not used
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 TIMEOUT_MS = 120_000  # generous: CI runs this on 2 busy cores
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +29,8 @@ def browser():
 
     expect.set_options(timeout=TIMEOUT_MS)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=CHROMIUM_ARGS)
         yield browser
         browser.close()
 
@@ -45,20 +40,23 @@ def app_url(tiny_run, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("app") / "app.log"
     with open(log, "w") as output:
-        process = subprocess.Popen([sys.executable, "app.py", "--checkpoint", str(tiny_run / "last.ckpt"),
-                                    "--port", str(port)], cwd=ROOT, stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([sys.executable, "app.py", "--checkpoint",
+                                    str(tiny_run / "last.ckpt"), "--port", str(port)],
+                                   cwd=ROOT, stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 300
         while True:
             if process.poll() is not None:
-                pytest.fail(f"app.py exited with status {process.returncode}:\n{log.read_text()[-3000:]}")
+                pytest.fail(f"app.py exited with status {process.returncode}:\n"
+                            f"{log.read_text()[-3000:]}")
             try:
                 urllib.request.urlopen(url, timeout=5)
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    pytest.fail(f"app.py did not answer on {url} within 300 s:\n{log.read_text()[-3000:]}")
+                    pytest.fail(f"app.py did not answer on {url} within 300 s:\n"
+                                f"{log.read_text()[-3000:]}")
                 time.sleep(0.5)
         yield url
     finally:
@@ -94,7 +92,8 @@ def test_upload_shows_labels_and_gradcam(page, tiny_run, tmp_path):
     assert top in CLASSES and "blue.png: 240x160 RGB PNG" in status
     expect(page.locator("#prediction")).to_contain_text(top)
     labels = page.locator("#prediction").inner_text()
-    assert "%" in labels and sum(name in labels.split() for name in CLASSES) >= 3  # top-3 with confidences
+    # the top 3 with their confidences
+    assert "%" in labels and sum(name in labels.split() for name in CLASSES) >= 3
     cam = page.locator("#gradcam img")
     expect(cam).to_be_visible()
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=cam.element_handle())
@@ -107,13 +106,15 @@ def test_non_image_file_is_refused_with_a_message(page, tmp_path):
     (tmp_path / "notes.txt").write_text("not an image\n")
     upload(page, tmp_path / "notes.txt")
     # Gradio's image upload itself refuses files that are not image/*, in a toast
-    expect(page.get_by_test_id("toast-text")).to_contain_text("Invalid file type: notes.txt. Only image/* allowed")
+    toast = page.get_by_test_id("toast-text")
+    expect(toast).to_contain_text("Invalid file type: notes.txt. Only image/* allowed")
 
 
 def test_broken_image_gets_the_apps_message_and_the_app_keeps_serving(page, tmp_path):
     from playwright.sync_api import expect
 
-    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)  # PNG signature, nothing valid after
+    # the PNG signature, nothing valid after it
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
     upload(page, tmp_path / "broken.png")
     message = "broken.png is not an image file this app can read"
     expect(page.locator("#status")).to_contain_text(f"Could not use this upload: {message}")

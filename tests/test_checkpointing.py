@@ -15,14 +15,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from plumbing import checkpointing
-import recipes
 import train
-from plumbing.checkpointing import AtomicCheckpointIO, SeedEachEpoch
 from data import CIFAR10DataModule
 from lit_classifier import LitClassifier, load_classifier
-from lr_finder import find_lr
-from plumbing.files import FILE_MODE, UsageError, atomic_write_json, atomic_write_text
+from lr_finder import SKIP_START, find_lr
+from plumbing.checkpointing import AtomicCheckpointIO, SeedEachEpoch
+from plumbing.files import (FILE_MODE, atomic_write_json, atomic_write_text,
+                            remove_stale_temporary_files)
+from tests.conftest import lowest_loss_lr
 
 WEIGHTS = 2_000_000  # 8 MB of float32 per checkpoint: a write takes long enough for kills to land inside it
 ROWS = 20_000
@@ -72,18 +72,25 @@ def test_files_survive_sigkill_at_random_moments(tmp_path):
         assert writer.exitcode == -signal.SIGKILL
         steps.append(read_back(tmp_path))
     assert len(set(steps)) > 1, steps  # the writer got somewhere between kills: the kills hit different writes
-    checkpointing.remove_stale_temporary_files(tmp_path)  # what a killed write leaves: .last.ckpt.xxxx.tmp etc.
+    remove_stale_temporary_files(tmp_path)  # what a killed write leaves: .last.ckpt.xxxx.tmp etc.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "metrics.csv", "summary.json"]
     assert (tmp_path / "summary.json").stat().st_mode & 0o777 == FILE_MODE  # not mkstemp's private 0600
 
 
-def test_trainer_saves_checkpoints_through_atomic_io(tmp_path):
-    args, trainer_kwargs = train.parse_args(["--synthetic", "--out", str(tmp_path), "--enable-progress-bar", "false"])
-    args = recipes.resolve(args)
-    trainer = train.make_trainer(args, trainer_kwargs, tmp_path, train.EpochMetricsCSV(tmp_path / "metrics.csv"),
-                                 checkpointing.RunRecord({}))
-    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
-    assert trainer.checkpoint_callback.dirpath == str(tmp_path)
+def test_train_py_writes_its_checkpoints_through_atomic_io(tmp_path, monkeypatch):
+    saved = []
+    original = AtomicCheckpointIO.save_checkpoint
+
+    def recording_save(self, checkpoint, path, storage_options=None):
+        saved.append((checkpoint["epoch"], str(path)))
+        return original(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", recording_save)
+    assert train.main(["--synthetic", "--train-size", "20", "--test-size", "10", "--epochs", "2",
+                       "--batch-size", "10", "--lr", "0.05", "--out", str(tmp_path),
+                       "--enable-progress-bar", "false", "--num-workers", "0"]) == 0
+    last = str(tmp_path / "last.ckpt")
+    assert saved == [(0, last), (1, last)]  # after every epoch
 
 
 class Draws(pl.LightningModule):
@@ -163,7 +170,8 @@ def test_load_classifier_round_trip(resnet18_checkpoint):
 
 def test_load_classifier_refuses_the_other_architecture(resnet18_checkpoint):
     path, _ = resnet18_checkpoint
-    with pytest.raises(UsageError, match=f"{re.escape(str(path))} holds a resnet18 model, not a custom_resnet"):
+    message = f"{re.escape(str(path))} holds a resnet18 model, not a custom_resnet"
+    with pytest.raises(ValueError, match=message):
         load_classifier(path, expected_model="custom_resnet")
 
 
@@ -175,7 +183,7 @@ def test_load_classifier_refuses_the_other_architecture(resnet18_checkpoint):
 def test_load_classifier_refuses_a_damaged_file(resnet18_checkpoint, tmp_path, damage, message):
     path = tmp_path / "damaged.ckpt"
     path.write_bytes(damage(resnet18_checkpoint[0].read_bytes()))
-    with pytest.raises(UsageError, match=message) as info:
+    with pytest.raises(ValueError, match=message) as info:
         load_classifier(path)
     assert str(path) in str(info.value) and len(str(info.value).splitlines()) == 1
 
@@ -183,17 +191,18 @@ def test_load_classifier_refuses_a_damaged_file(resnet18_checkpoint, tmp_path, d
 def test_load_classifier_refuses_foreign_checkpoints(resnet18_checkpoint, tmp_path):
     path = tmp_path / "foreign.ckpt"
     torch.save({"weights": torch.zeros(3)}, path)
-    with pytest.raises(UsageError, match="is not a checkpoint written by train.py"):
+    with pytest.raises(ValueError, match="is not a checkpoint written by train.py"):
         load_classifier(path)
     torch.save(nn.Linear(2, 2), path)  # a whole pickled module, as torch.save(model) writes
-    with pytest.raises(UsageError, match="holds Python objects other than tensors and plain containers"):
+    with pytest.raises(ValueError,
+                       match="holds Python objects other than tensors and plain containers"):
         load_classifier(path)
     checkpoint = torch.load(resnet18_checkpoint[0], map_location="cpu", weights_only=True)
     checkpoint["hyper_parameters"]["model_name"] = "custom_resnet"  # label and weights disagree
     torch.save(checkpoint, path)
-    with pytest.raises(UsageError, match="does not fit a custom_resnet of this project"):
+    with pytest.raises(ValueError, match="does not fit a custom_resnet of this project"):
         load_classifier(path)
-    with pytest.raises(UsageError, match="no checkpoint at"):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         load_classifier(tmp_path / "missing.ckpt")
 
 
@@ -217,12 +226,16 @@ def test_lr_finder_suggests_from_the_steps_before_the_loss_became_nan():
     suggested_lr, figure = find_lr(model, loader, end_lr=100, num_iter=100, device="cpu")
     title = figure.axes[0].get_title()
     blew_up_at = float(re.search(r"the loss became nan at lr (\S+);", title).group(1))
-    # torch-lr-finder alone points at the step before the blow-up (the NaN gradient is the "steepest")
-    assert suggested_lr is not None and suggested_lr < blew_up_at / 10, (suggested_lr, title)
+    # the rule: a tenth of the LR of the lowest smoothed loss among the finite steps (all plotted),
+    # not torch-lr-finder's own pick, the step before the blow-up (the NaN gradient is "steepest")
+    curve = figure.axes[0].lines[0]
     assert all(np.isfinite(line.get_ydata()).all() for line in figure.axes[0].lines)
+    assert max(curve.get_xdata()) < blew_up_at and len(curve.get_xdata()) > SKIP_START
+    assert suggested_lr == pytest.approx(lowest_loss_lr(figure) / 10, rel=1e-9)
 
 
 def test_lr_finder_diverging_at_once_gives_a_reason():
     model, loader = diverging_setup()
-    with pytest.raises(UsageError, match=r"diverged after \d+ of 100 steps \(the loss became nan at lr .*set --lr"):
+    message = r"diverged after \d+ of 100 steps \(the loss became nan at lr .*set --lr"
+    with pytest.raises(ValueError, match=message):
         find_lr(model, loader, start_lr=10, end_lr=1000, num_iter=100, device="cpu")

@@ -9,7 +9,6 @@ import data
 import utils
 from data import CIFAR10DataModule, balanced_subset, load_cifar10, make_synthetic, read_batch
 from utils import cached_channel_stats, channel_stats, eval_transforms, train_transforms
-from plumbing.files import UsageError
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
 
@@ -52,7 +51,8 @@ def test_stats_are_cached_and_recomputed_when_data_changes(tmp_path):
     other = make_synthetic(100, seed=9)[0]
     second = cached_channel_stats(tmp_path, other)
     np.testing.assert_allclose(second[0], channel_stats(other)[0])
-    assert json.loads((tmp_path / utils.STATS_FILE).read_text())["fingerprint"] != cache["fingerprint"]
+    recomputed = json.loads((tmp_path / utils.STATS_FILE).read_text())
+    assert recomputed["fingerprint"] != cache["fingerprint"]
 
 
 def test_train_transform_crops_flips_and_cuts_out():
@@ -78,7 +78,8 @@ def test_train_transform_crops_flips_and_cuts_out():
 
 
 def test_horizontal_flip_happens_half_the_time():
-    transform = train_transforms(MEAN, STD, cutout=0, pad=0)  # no crop shift, no hole: only the flip is random
+    # no crop shift, no hole: only the flip is random
+    transform = train_transforms(MEAN, STD, cutout=0, pad=0)
     image = np.zeros((32, 32, 3), np.uint8)
     image[:, :16] = 255  # bright left half: after a flip the top-left pixel is dark
     flipped = sum(bool(transform(image=image)["image"][0, 0, 0] < 0) for _ in range(200))
@@ -90,8 +91,8 @@ def test_test_transform_is_deterministic_normalisation():
     first = eval_transforms(MEAN, STD)(image=image)["image"]
     second = eval_transforms(MEAN, STD)(image=image)["image"]
     assert torch.equal(first, second)
-    expected = (torch.from_numpy(image).permute(2, 0, 1).float() / 255 - torch.tensor(MEAN).view(3, 1, 1)) \
-        / torch.tensor(STD).view(3, 1, 1)
+    pixels = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+    expected = (pixels - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
     torch.testing.assert_close(first, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -101,14 +102,15 @@ def test_balanced_subset():
     assert len(set(index)) == 105
     counts = np.bincount(labels[index])
     assert counts.max() - counts.min() == 1
-    with pytest.raises(UsageError, match="--train-size 600 asks for 60 images"):
+    with pytest.raises(ValueError, match="--train-size 600 asks for 60 images"):
         balanced_subset(labels, 600, seed=0)
-    with pytest.raises(UsageError, match="at least one image per class"):
+    with pytest.raises(ValueError, match="at least one image per class"):
         balanced_subset(labels, 5, seed=0)
 
 
 def test_datamodule_synthetic_batches():
-    dm = CIFAR10DataModule(synthetic=True, train_size=100, test_size=50, batch_size=16, num_workers=0)
+    dm = CIFAR10DataModule(synthetic=True, train_size=100, test_size=50, batch_size=16,
+                           num_workers=0)
     dm.prepare_data()
     dm.setup("fit")
     images, labels = next(iter(dm.train_dataloader()))
@@ -127,19 +129,20 @@ def test_datamodule_subsets_real_folder(cifar_dir):
 
 
 def test_missing_folder_without_network_is_a_clear_error(tmp_path):
-    with pytest.raises(UsageError, match="could not be downloaded.*--data-dir.*--synthetic"):
+    with pytest.raises(FileNotFoundError, match="could not be downloaded.*--data-dir.*--synthetic"):
         data.download_cifar10(tmp_path, url="http://127.0.0.1:9/cifar-10-python.tar.gz")
 
 
 @pytest.mark.parametrize("content, message", [
     (b"not a pickle at all", "not a readable CIFAR-10 batch"),
     (pickle.dumps({"something": 1}), "expected a dict with 'data' and 'labels'"),
-    (pickle.dumps({"data": np.zeros((2, 10), np.uint8), "labels": [0, 1]}), "expected uint8 \\(N, 3072\\)"),
+    (pickle.dumps({"data": np.zeros((2, 10), np.uint8), "labels": [0, 1]}),
+     "expected uint8 \\(N, 3072\\)"),
 ])
 def test_malformed_batch_is_named(tmp_path, content, message):
     path = tmp_path / "data_batch_1"
     path.write_bytes(content)
-    with pytest.raises(UsageError, match=message) as info:
+    with pytest.raises(ValueError, match=message) as info:
         read_batch(path)
     assert str(path) in str(info.value)
 
@@ -147,12 +150,12 @@ def test_malformed_batch_is_named(tmp_path, content, message):
 def test_truncated_batch_is_named(cifar_dir, tmp_path):
     path = tmp_path / "test_batch"
     path.write_bytes((cifar_dir / "cifar-10-batches-py" / "test_batch").read_bytes()[:5000])
-    with pytest.raises(UsageError, match="test_batch is not a readable CIFAR-10 batch"):
+    with pytest.raises(ValueError, match="test_batch is not a readable CIFAR-10 batch"):
         read_batch(path)
 
 
 def test_bad_sizes_are_rejected():
-    with pytest.raises(UsageError, match="--batch-size"):
+    with pytest.raises(ValueError, match="--batch-size"):
         CIFAR10DataModule(synthetic=True, batch_size=0)
-    with pytest.raises(UsageError, match="--test-size 3"):
+    with pytest.raises(ValueError, match="--test-size 3"):
         CIFAR10DataModule(synthetic=True, test_size=3)

@@ -13,9 +13,10 @@ import torch
 
 from data import CIFAR10DataModule, EpochSampler, make_synthetic
 from lit_classifier import LitClassifier
-from plumbing.files import UsageError
+from model import to_input
 from plumbing.gpu_data import DeviceBatches
-from tests.conftest import ROOT, kill_after_first_checkpoint
+from tests.conftest import (ROOT, SMALL_RUN, assert_real_figures, figure_pixels,
+                            kill_after_first_checkpoint)
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -46,8 +47,8 @@ def test_device_batches_shares_are_the_one_device_batch_exactly(size):
     labels = np.arange(size)  # labels that name the image, to follow it
 
     def batches(train, replicas=1, rank=0):
-        return list(DeviceBatches(images, labels, MEAN, STD, batch_size=20, train=train, seed=2, epoch=3,
-                                  num_replicas=replicas, rank=rank))
+        return list(DeviceBatches(images, labels, MEAN, STD, batch_size=20, normalize=to_input,
+                                  train=train, seed=2, epoch=3, num_replicas=replicas, rank=rank))
 
     one = batches(train=True)
     shares = [batches(True, 2, rank) for rank in range(2)]
@@ -55,8 +56,9 @@ def test_device_batches_shares_are_the_one_device_batch_exactly(size):
     for (x, y), (x0, y0), (x1, y1) in zip(one, *shares):  # images, augmentations, order alike
         assert torch.equal(torch.cat([x0, x1]), x) and torch.equal(torch.cat([y0, y1]), y)
     evaluated = [batches(False, 2, rank) for rank in range(2)]
-    assert [len(share) for share in evaluated] == [len(DeviceBatches(images, labels, MEAN, STD, 20, num_replicas=2,
-                                                                     rank=rank)) for rank in (0, 1)]
+    assert [len(share) for share in evaluated] == [
+        len(DeviceBatches(images, labels, MEAN, STD, 20, to_input, num_replicas=2, rank=rank))
+        for rank in (0, 1)]
     order = torch.cat([y for share in evaluated for _, y in share])
     assert torch.equal(order, torch.arange(size))  # each image evaluated once, by one process
     assert max(len(y) for share in evaluated for _, y in share) == 10  # batches of batch_size / processes
@@ -66,27 +68,29 @@ def test_datamodule_shards_for_the_trainers_processes():
     trainer = SimpleNamespace(world_size=2, global_rank=1, strategy=SimpleNamespace(root_device=torch.device("cpu")),
                               fit_loop=SimpleNamespace(epoch_progress=SimpleNamespace(
                                   current=SimpleNamespace(processed=0))))
-    for data_path in ("loader", "device"):
+    for augment_on in ("loader", "device"):
         dm = CIFAR10DataModule(synthetic=True, train_size=100, test_size=30, batch_size=20, num_workers=0,
-                               data_path=data_path)
+                               augment_on=augment_on)
         dm.setup()
         dm.trainer = trainer
         train_batches, test_batches = list(dm.train_dataloader()), list(dm.test_dataloader())
-        assert [len(labels) for _, labels in train_batches] == [10] * 5, data_path  # half of each global batch
-        assert sum(len(labels) for _, labels in test_batches) == 15, data_path  # half the test split
+        # half of each global batch, half the test split
+        assert [len(labels) for _, labels in train_batches] == [10] * 5, augment_on
+        assert sum(len(labels) for _, labels in test_batches) == 15, augment_on
         assert sum(len(labels) for _, labels in dm.predict_dataloader()) == 30  # the whole split, for the plots
     dm = CIFAR10DataModule(synthetic=True, train_size=100, test_size=30, batch_size=25, num_workers=0)
     dm.setup()
     dm.trainer = trainer
-    with pytest.raises(UsageError, match="--batch-size 25 is the global batch and must split evenly between the 2"):
+    message = "--batch-size 25 is the global batch and must split evenly between the 2"
+    with pytest.raises(ValueError, match=message):
         dm.train_dataloader()
 
 
 # ------------------------------------------------------------------------------------------- train.py on 2 processes
-# 105 images in global batches of 20 (10 per process; the last 5 are dropped, as on one device): 5 steps an epoch; a
-# test split of 45 split 23 + 22, so a metric that is not gathered from both processes shows.
-RUN = ["--synthetic", "--train-size", "105", "--test-size", "45", "--epochs", "3", "--batch-size", "20",
-       "--lr", "0.05", "--seed", "5", "--enable-progress-bar", "false", "--num-workers", "0"]
+# SMALL_RUN: 105 images in global batches of 20 (10 per process; the last 5 are dropped, as on one
+# device): 5 steps an epoch; a test split of 45 split 23 + 22, so a metric that is not gathered from
+# both processes shows.
+RUN = SMALL_RUN + ["--num-workers", "0"]
 DDP = ["--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
 RUN_FILES = ("summary.json", "metrics.csv", "last.ckpt", "curves.png", "misclassified.png", "gradcam.png",
              "confusion.png")
@@ -115,17 +119,13 @@ def ddp_run(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def one_process_run(tmp_path_factory):
-    import train
-    out = tmp_path_factory.mktemp("one")
-    assert train.main(RUN + ["--out", str(out)]) == 0
-    return out
-
-
-def test_ddp_run_writes_one_run_folder(ddp_run, one_process_run):
+def test_ddp_run_writes_one_run_folder(ddp_run, small_run):
     for name in RUN_FILES:
         assert (ddp_run / name).stat().st_size > 0, name
+    assert_real_figures(ddp_run)
+    # rank 0 drew its own run's curves (the two runs' metrics differ after the first step)
+    curves = [figure_pixels(run / "curves.png") for run in (ddp_run, small_run)]
+    assert not np.array_equal(*curves)
     assert [p.name for p in (ddp_run / "logs").iterdir()] == ["version_0"]  # one logger: rank 0's
     info = summary(ddp_run)
     assert (info["devices"], info["batch_size"], info["train_images"], info["test_images"]) == (2, 20, 105, 45)
@@ -134,9 +134,10 @@ def test_ddp_run_writes_one_run_folder(ddp_run, one_process_run):
     # The same optimizer steps and LR schedule as one process: each process saw its half of each global batch (a
     # process that saw the whole data set would take twice the steps), and the LR is not rescaled.
     steps = [torch.load(run / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
-             for run in (ddp_run, one_process_run)]
+             for run in (ddp_run, small_run)]
     assert steps == [3 * 5, 3 * 5]
-    assert [row["lr"] for row in metric_rows(ddp_run)] == [row["lr"] for row in metric_rows(one_process_run)]
+    lrs = [[row["lr"] for row in metric_rows(run)] for run in (ddp_run, small_run)]
+    assert lrs[0] == lrs[1]
 
 
 def test_ddp_metrics_cover_both_processes(ddp_run):
@@ -153,12 +154,12 @@ def test_ddp_metrics_cover_both_processes(ddp_run):
     assert metric_rows(ddp_run)[-1]["val_acc"] == pytest.approx(info["test_acc"], abs=1e-6)
 
 
-def test_two_processes_learn_as_one_does_with_the_same_global_batch(ddp_run, one_process_run):
+def test_two_processes_learn_as_one_does_with_the_same_global_batch(ddp_run, small_run):
     """Same data, batches, augmentation distribution, steps and LR; what differs is BatchNorm, which normalises each
     process's 10 images with their own statistics where one process uses all 20, so the runs part after the first
     step. The tolerance is what the seed alone moves: seeds 5, 6, 7 end at 0.91, 0.89, 0.98 in one process (and 0.91,
     0.89 in two). Chance is 0.1; a run that learned nothing, or from half the data, ends far below."""
-    two, one = summary(ddp_run), summary(one_process_run)
+    two, one = summary(ddp_run), summary(small_run)
     assert one["test_acc"] > 0.6 and abs(two["test_acc"] - one["test_acc"]) <= 0.1, (two["test_acc"], one["test_acc"])
     assert two["test_loss"] == pytest.approx(one["test_loss"], rel=0.25)
 

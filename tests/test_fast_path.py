@@ -1,4 +1,5 @@
-"""Recipes, their LR schedules, the device data path through train.py (with EMA and flip TTA), and bench.py."""
+"""Recipes, their LR schedules, augmentation on the device through train.py (with flip TTA), and
+bench.py."""
 import json
 from types import SimpleNamespace
 
@@ -6,58 +7,68 @@ import numpy as np
 import pytest
 import torch
 
-from tools import bench
+import model
 import recipes
 import train
 from data import CIFAR10DataModule, make_synthetic
-from plumbing.gpu_data import DeviceBatches
 from lit_classifier import LitClassifier
 from lr_finder import find_lr
-from plumbing.files import UsageError
+from plumbing.gpu_data import DeviceBatches
+from tests.conftest import lowest_loss_lr, parse_train_args
+from tools import bench
 
 QUIET = ["--enable-progress-bar", "false", "--num-workers", "0"]
 STEPS_PER_EPOCH = 98  # 50,000 images at batch 512
 
 
 def resolved(*argv):
-    args, _ = train.parse_args(list(argv) + ["--out", "unused"])
-    return recipes.resolve(args)
+    return parse_train_args(list(argv) + ["--out", "unused"])[0]
 
 
 def test_without_flags_the_resnet9_gets_the_dawn_recipe():
-    args = resolved()
-    assert args.recipe == "dawn"
-    assert {key: getattr(args, key) for key in recipes.SETTINGS} == recipes.RECIPES["dawn"]
+    settings = resolved()
+    assert settings["recipe"] == "dawn"
+    assert {key: settings[key] for key in recipes.SETTINGS} == recipes.RECIPES["dawn"]
 
 
 def test_explicit_flags_override_single_recipe_values():
-    args = resolved("--recipe", "course", "--epochs", "3", "--logit-scale", "0.5", "--no-tta")
-    assert (args.optimizer, args.lr_find, args.weight_decay) == ("adam", True, 1e-4)  # from the recipe
-    assert (args.epochs, args.logit_scale, args.tta) == (3, 0.5, False)                # from the flags
-    assert resolved("--recipe", "course", "--lr", "0.02").lr_find is False  # an explicit LR replaces the range test
-    assert resolved("--recipe", "course", "--lr", "0.02", "--lr-find").lr_find is True
+    settings = resolved("--recipe", "course", "--epochs", "3", "--logit-scale", "0.5", "--no-tta")
+    recipe_values = [settings[key] for key in ("optimizer", "lr_find", "weight_decay")]
+    assert recipe_values == ["adam", True, 1e-4]
+    assert [settings[key] for key in ("epochs", "logit_scale", "tta")] == [3, 0.5, False]  # flags
+    # an explicit LR replaces the range test, unless it is asked for too
+    assert resolved("--recipe", "course", "--lr", "0.02")["lr_find"] is False
+    assert resolved("--recipe", "course", "--lr", "0.02", "--lr-find")["lr_find"] is True
+
+
+def test_another_batch_size_scales_the_lr_unless_it_is_given():
+    assert resolved("--batch-size", "128")["lr"] == pytest.approx(0.4 * 128 / 512)
+    assert resolved("--batch-size", "128", "--lr", "0.3")["lr"] == 0.3
+    assert resolved("--model", "resnet18", "--batch-size", "1024")["lr"] == pytest.approx(0.8)
 
 
 def test_each_model_defaults_to_its_own_recipe_and_a_recipe_can_take_another_model():
-    assert resolved("--model", "resnet18").recipe == "resnet18" and resolved("--model", "resnet18").epochs == 40
-    args = resolved("--recipe", "dawn", "--model", "resnet18")
-    assert (args.model, args.epochs, args.logit_scale) == ("resnet18", 24, 0.125)
+    settings = resolved("--model", "resnet18")
+    assert (settings["recipe"], settings["epochs"]) == ("resnet18", 40)
+    settings = resolved("--recipe", "dawn", "--model", "resnet18")
+    assert [settings[key] for key in ("model", "epochs", "logit_scale")] == ["resnet18", 24, 0.125]
 
 
 def test_unknown_recipe_and_missing_lr_are_clear_errors(tmp_path, capsys):
     assert train.main(["--recipe", "fastest", "--synthetic", "--out", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.startswith("error: unknown recipe 'fastest': choose one of dawn, course")
-    with pytest.raises(UsageError, match="course recipe takes its peak LR from the LR range test"):
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown recipe 'fastest': choose one of dawn, course")
+    with pytest.raises(ValueError, match="course recipe takes its peak LR from the LR range test"):
         resolved("--recipe", "course", "--no-lr-find")
 
 
 def test_cpu_training_gets_the_loader_path_without_workers_unless_told_otherwise():
-    args, trainer_kwargs = train.parse_args(["--out", "unused", "--accelerator", "cpu"])
-    args, trainer_kwargs = train.hardware_defaults(args, trainer_kwargs)
-    assert (args.data_path, args.num_workers) == ("loader", 0) and "precision" not in trainer_kwargs
-    args, _ = train.hardware_defaults(*train.parse_args(["--out", "unused", "--accelerator", "cpu",
-                                                         "--num-workers", "1", "--data-path", "device"]))
-    assert (args.data_path, args.num_workers) == ("device", 1)
+    settings, trainer_flags = parse_train_args(["--out", "unused", "--accelerator", "cpu"])
+    assert (settings["augment_on"], settings["num_workers"]) == ("loader", 0)
+    assert "precision" not in trainer_flags
+    settings, _ = parse_train_args(["--out", "unused", "--accelerator", "cpu", "--num-workers", "1",
+                                    "--augment-on", "device"])
+    assert (settings["augment_on"], settings["num_workers"]) == ("device", 1)
 
 
 def one_cycle_lrs(recipe, epochs):
@@ -94,7 +105,7 @@ def test_course_schedule_starts_at_a_hundredth_of_the_peak():
 def device_path_run(tmp_path_factory):
     out, results = tmp_path_factory.mktemp("run"), tmp_path_factory.mktemp("results")
     argv = ["--synthetic", "--train-size", "100", "--test-size", "60", "--epochs", "2", "--batch-size", "25",
-            "--lr", "0.2", "--data-path", "device", "--ema", "0.9", "--seed", "5", "--out", str(out),
+            "--lr", "0.2", "--augment-on", "device", "--seed", "5", "--out", str(out),
             "--results-dir", str(results)] + QUIET
     assert train.main(argv) == 0
     return out, results
@@ -103,20 +114,23 @@ def device_path_run(tmp_path_factory):
 def test_device_path_run_reports_tta_separately_and_writes_a_results_record(device_path_run):
     out, results = device_path_run
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["data_path"] == "device" and summary["recipe"] == "dawn" and summary["settings"]["ema"] == 0.9
+    assert summary["augment_on"] == "device" and summary["channels_last"] is True
+    assert summary["recipe"] == "dawn"
     assert 0 <= summary["test_acc"] <= 1 and 0 <= summary["test_acc_tta"] <= 1
     assert summary["wall_seconds"] > summary["train_seconds"] > 0
     record, = [json.loads(p.read_text()) for p in results.glob("*.json")]
     assert record["kind"] == "time_to_accuracy" and record["seed"] == 5 and record["data"] == "synthetic"
-    for key in ("device", "torch", "recipe", "epochs", "wall_seconds", "test_acc", "test_acc_tta"):
+    for key in ("device", "torch", "recipe", "epochs", "wall_seconds", "test_acc", "test_acc_tta",
+                "augment_on", "channels_last"):
         assert record[key] == summary.get(key, summary["versions"]["torch"] if key == "torch" else None), key
 
 
-def test_the_checkpoint_holds_the_tested_ema_weights_and_reproduces_both_accuracies(device_path_run):
+def test_the_checkpoint_reproduces_both_accuracies(device_path_run):
     out, _ = device_path_run
     summary = json.loads((out / "summary.json").read_text())
     lit = LitClassifier.load_from_checkpoint(out / "last.ckpt", map_location="cpu").eval()
-    dm = CIFAR10DataModule(synthetic=True, train_size=100, test_size=60, seed=5, batch_size=60, data_path="device")
+    dm = CIFAR10DataModule(synthetic=True, train_size=100, test_size=60, seed=5, batch_size=60,
+                           augment_on="device")
     dm.setup()
     (images, labels), = list(dm.test_dataloader())
     with torch.no_grad():
@@ -128,10 +142,13 @@ def test_the_checkpoint_holds_the_tested_ema_weights_and_reproduces_both_accurac
 
 def test_lr_range_test_runs_on_device_batches():
     images, labels = make_synthetic(64, seed=0)
-    loader = DeviceBatches(images, labels, (0.5,) * 3, (0.25,) * 3, batch_size=16, train=True)
-    tiny = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))  # the loader is under test
-    _, figure = find_lr(tiny, loader, num_iter=30, device="cpu")
-    assert figure.axes
+    loader = DeviceBatches(images, labels, (0.5,) * 3, (0.25,) * 3, batch_size=16,
+                           normalize=model.to_input, train=True)
+    # the loader is under test: the smallest network will do
+    tiny = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    suggested, figure = find_lr(tiny, loader, num_iter=30, device="cpu")
+    assert len(figure.axes[0].lines[0].get_xdata()) >= 15  # 30 steps drew batches (10 not shown)
+    assert suggested == pytest.approx(lowest_loss_lr(figure) / 10, rel=1e-9)
 
 
 def test_bench_writes_both_throughputs_and_their_ratio(tmp_path):

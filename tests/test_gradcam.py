@@ -4,7 +4,6 @@ import torch
 
 from gradcam import GRADCAM_LAYERS, gradcam, overlay
 from model import build_model
-from plumbing.files import UsageError
 
 
 @pytest.mark.parametrize("name", ["custom_resnet", "resnet18"])
@@ -17,9 +16,10 @@ def test_gradcam_maps_every_offered_layer(name):
     assert model.training  # state restored
 
 
-def test_unknown_layer_lists_the_real_ones():
-    with pytest.raises(UsageError, match="no layer 'layer9'.*layer3"):
-        gradcam(build_model("custom_resnet"), torch.randn(1, 3, 32, 32), [0], "layer9")
+@pytest.mark.parametrize("layer", ["layer9", "fc"])  # fc exists, but has no feature maps to weigh
+def test_other_layers_are_refused_with_the_offered_ones(layer):
+    with pytest.raises(ValueError, match=f"no GradCAM layer '{layer}': .*layer3, layer2, res1"):
+        gradcam(build_model("custom_resnet"), torch.randn(1, 3, 32, 32), [0], layer)
 
 
 def test_overlay_is_uint8_rgb_and_rejects_normalised_input():

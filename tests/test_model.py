@@ -1,8 +1,9 @@
+import numpy as np
 import pytest
 import torch
 
-from model import CustomResNet, ResBlock, ResNet18, build_model, count_parameters
-from plumbing.files import UsageError
+from model import (CustomResNet, ResBlock, ResNet18, build_model, class_probabilities,
+                   count_parameters, eval_mode, to_input)
 
 
 @pytest.mark.parametrize("cls, params", [(CustomResNet, 6_573_130), (ResNet18, 11_173_962)])
@@ -52,6 +53,29 @@ def test_logit_scale_scales_logits():
         torch.testing.assert_close(scaled(x), plain(x) * 0.125)
 
 
+def test_to_input_is_the_eval_transform_bit_for_bit():
+    from utils import eval_transforms  # albumentations' Normalize, which training and testing use
+
+    images = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    transform = eval_transforms(mean, std)
+    expected = torch.stack([transform(image=image)["image"] for image in images])
+    assert torch.equal(to_input(images, mean, std), expected)
+    assert torch.equal(to_input(torch.from_numpy(images), mean, std), expected)
+    with pytest.raises(ValueError, match="uint8"):
+        to_input(images.astype(np.float32), mean, std)
+
+
+def test_class_probabilities_and_eval_mode():
+    model = build_model("custom_resnet").train()
+    with eval_mode(model):
+        assert not model.training
+        probs = class_probabilities(model, torch.randn(4, 3, 32, 32))
+    assert model.training  # put back as it was
+    assert probs.dtype == torch.float32 and not probs.requires_grad
+    torch.testing.assert_close(probs.sum(1), torch.ones(4))
+
+
 def test_unknown_model_is_a_clear_error():
-    with pytest.raises(UsageError, match="unknown model 'resnet50'.*custom_resnet"):
+    with pytest.raises(ValueError, match="unknown model 'resnet50'.*custom_resnet"):
         build_model("resnet50")

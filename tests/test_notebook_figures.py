@@ -1,14 +1,14 @@
-"""The figures the notebooks show: class samples, augmentation preview, and the OneCycle schedule of a LitClassifier."""
+"""The figures the notebooks show: class samples, augmentation preview, and the OneCycle schedule
+of a LitClassifier."""
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
 
 from data import CLASSES
-from utils import train_transforms
 from lit_classifier import LitClassifier
 from lr_finder import onecycle_schedule
-from utils import plot_augmentations, plot_class_samples, plot_lr_schedule
+from utils import plot_augmentations, plot_class_samples, plot_lr_schedule, train_transforms
 
 MEAN, STD = (0.2, 0.5, 0.7), (0.25, 0.25, 0.25)
 
@@ -19,7 +19,8 @@ def shown_images(fig):
 
 def test_class_samples_put_each_class_on_its_own_named_row():
     labels = np.repeat(np.arange(10), 12)
-    images = np.repeat((labels * 20).astype(np.uint8)[:, None, None, None], 32, 1).repeat(32, 2).repeat(3, 3)
+    grey = (labels * 20).astype(np.uint8)[:, None, None, None]
+    images = np.repeat(grey, 32, 1).repeat(32, 2).repeat(3, 3)
     keep = (labels != 3) | (np.arange(len(labels)) % 12 < 2)  # class 3 has only 2 images
     fig = plot_class_samples(images[keep], labels[keep], CLASSES, per_class=5, seed=1)
     axes = np.array(fig.axes).reshape(10, 5)
@@ -41,7 +42,8 @@ def test_augmentation_preview_shows_the_original_and_seeded_draws_with_a_cutout_
     for view in views:
         view = np.asarray(view)
         assert view.shape == (32, 32, 3) and 0 <= view.min() and view.max() <= 1
-        # a constant image survives pad-crop and flip unchanged, except for the one 8x8 hole filled with the mean
+        # a constant image survives pad-crop and flip unchanged, except for the one 8x8 hole
+        # filled with the mean
         in_hole = np.all(np.abs(view - np.round(np.array(MEAN) * 255) / 255) < 0.01, axis=-1)
         untouched = np.all(np.abs(view - image / 255) < 0.01, axis=-1)
         assert in_hole.sum() == 64 and (in_hole | untouched).all()
@@ -58,7 +60,8 @@ def test_onecycle_schedule_is_the_modules_own_and_leaves_it_untouched():
     lrs = onecycle_schedule(lit, 200)
     assert len(lrs) == 200
     peak = int(np.argmax(lrs))
-    assert lrs[peak] == pytest.approx(0.3) and 45 <= peak <= 52  # warm-up over the first quarter of the steps
+    # warm-up over the first quarter of the steps
+    assert lrs[peak] == pytest.approx(0.3) and 45 <= peak <= 52
     assert lrs[0] == pytest.approx(0.3 / 25) and lrs[-1] < 1e-3
     assert np.all(np.diff(lrs[:peak + 1]) > 0) and np.all(np.diff(lrs[peak:]) < 0)
     assert all(torch.equal(a, b) for a, b in zip(before, lit.parameters()))

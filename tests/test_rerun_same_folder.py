@@ -41,7 +41,7 @@ def test_overwrite_replaces_the_old_run_without_leftovers(old_run, tmp_path):
 
 
 def test_resume_and_overwrite_together_are_refused(old_run, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        train.parse_args(["--resume", str(old_run), "--overwrite"])
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own usage error
+        train.main(["--resume", str(old_run), "--overwrite"])
     assert exit_info.value.code == 2
     assert "--resume continues the run in RUN_DIR and --overwrite starts a new one there" in capsys.readouterr().err

@@ -6,7 +6,6 @@ import pytest
 from plumbing import records
 from tools import results_table
 from tools.results_table import BEGIN, END
-from plumbing.files import UsageError
 
 README = f"# Title\n\n## Results\n\n{BEGIN}\nold table\n{END}\n\n## After\ntext\n"
 
@@ -14,13 +13,16 @@ README = f"# Title\n\n## Results\n\n{BEGIN}\nold table\n{END}\n\n## After\ntext\
 def run_record(seed, acc, tta, wall, recipe="dawn", device="Test GPU"):
     return {"kind": "time_to_accuracy", "recipe": recipe, "model": "custom_resnet", "epochs": 24,
             "batch_size": 512, "seed": seed, "device": device, "data": "CIFAR-10 (JPEG offline copy)",
-            "train_images": 50000, "test_images": 10000, "data_path": "device", "precision": "bf16-mixed",
-            "compile": False, "test_acc": acc, "test_acc_tta": tta, "wall_seconds": wall, "train_seconds": wall - 3,
+            "train_images": 50000, "test_images": 10000, "augment_on": "device",
+            "channels_last": True,
+            "precision": "bf16-mixed", "compile": False, "test_acc": acc, "test_acc_tta": tta,
+            "wall_seconds": wall, "train_seconds": wall - 3,
             "torch": "2.11.0"}
 
 
 BENCH = {"kind": "throughput", "model": "custom_resnet", "batch_size": 64, "device": "Test CPU",
-         "data_path": "loader", "num_workers": 0, "precision": "32-true", "pipeline_images_per_second": 45.5,
+         "augment_on": "loader", "num_workers": 0, "precision": "32-true", "channels_last": False,
+         "pipeline_images_per_second": 45.5,
          "bare_images_per_second": 50.0, "ratio": 0.91, "median_round_ratio": 0.925, "load_before": [1.5, 1, 1],
          "load_after": [2.25, 1, 1]}
 
@@ -55,8 +57,11 @@ def test_readme_gets_both_tables_between_the_markers_and_nothing_else_changes(re
     text = readme.read_text()
     assert "old table" not in text and text.startswith("# Title\n\n## Results\n\n" + BEGIN)
     assert text.endswith(END + "\n\n## After\ntext\n")
-    assert "| dawn | custom_resnet | 24 | 3 | 95.00 ± 1.00 | 95.50 ± 1.00 | 22.0 ± 2.0 | Test GPU |" in text
-    assert "| Test CPU | custom_resnet | 64 | loader (0) | 32-true | 45.5 | 50.0 | 0.910 | 0.925 | 1.50 / 2.25 |" in text
+    assert ("| dawn | custom_resnet | 24 | 3 | 95.00 ± 1.00 | 95.50 ± 1.00 | 22.0 ± 2.0 | "
+            "Test GPU | CIFAR-10 (JPEG offline copy) | device, bf16-mixed, channels-last | "
+            "2.11.0 |") in text
+    assert ("| Test CPU | custom_resnet | 64 | loader (0) | 32-true | no | 45.5 | 50.0 | 0.910 | "
+            "0.925 | 1.50 / 2.25 |") in text
     assert results_table.main(["--results-dir", str(results_dir), "--readme", str(readme)]) == 0
     assert readme.read_text() == text  # regenerating is idempotent
 
@@ -74,10 +79,15 @@ def test_rerunning_a_setting_and_seed_replaces_its_file(results_dir):
 
 def test_bad_files_and_missing_markers_are_clear_errors(results_dir, tmp_path, capsys):
     (results_dir / "broken.json").write_text("{not json")
-    with pytest.raises(UsageError, match="broken.json is not a results record"):
+    with pytest.raises(ValueError, match="broken.json is not a results record"):
         results_table.load_records(results_dir)
     (results_dir / "broken.json").write_text(json.dumps({"kind": "time_to_accuracy", "seed": 1}))
-    with pytest.raises(UsageError, match="broken.json lacks recipe, model"):
+    with pytest.raises(ValueError, match="broken.json lacks recipe, model"):
+        results_table.load_records(results_dir)
+    old_bench = {key: value for key, value in BENCH.items() if key != "augment_on"}
+    # a record of an older bench.py, with the old name of augment_on
+    (results_dir / "broken.json").write_text(json.dumps({**old_bench, "data_path": "loader"}))
+    with pytest.raises(ValueError, match="broken.json lacks augment_on: write it again"):
         results_table.load_records(results_dir)
     (results_dir / "broken.json").unlink()
     readme = tmp_path / "README.md"

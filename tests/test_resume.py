@@ -1,6 +1,8 @@
-"""Runs that crash: a SIGKILLed run resumed with --resume ends exactly like the uninterrupted one; same seed, same
-metrics; resumed settings cannot drift; a NaN loss stops the run and leaves the last good checkpoint alone."""
+"""Runs that crash: a SIGKILLed run resumed with --resume ends exactly like the uninterrupted one;
+same seed, same metrics, another seed, other metrics; resumed settings cannot drift; a NaN loss
+stops the run and leaves the last good checkpoint alone."""
 import json
+import re
 import subprocess
 import sys
 
@@ -9,11 +11,7 @@ import torch
 
 import train
 from lit_classifier import LitClassifier
-from tests.conftest import ROOT, kill_after_first_checkpoint
-
-# Small enough to train in seconds on two cores, large enough to learn (4 steps per epoch, 3 epochs).
-RUN = ["--synthetic", "--train-size", "100", "--test-size", "50", "--epochs", "3", "--batch-size", "25",
-       "--lr", "0.05", "--seed", "5", "--enable-progress-bar", "false"]
+from tests.conftest import ROOT, SMALL_RUN, kill_after_first_checkpoint, parse_train_args
 
 
 def train_cli(*argv):
@@ -33,29 +31,35 @@ def error_lines(text):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """The uninterrupted run every other run here is compared with."""
-    out = tmp_path_factory.mktemp("reference")
-    result = train_cli(*RUN, "--num-workers", "0", "--out", str(out))
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = metric_rows(out)
-    assert len(rows) == 3 and float(rows[-1].split(",")[4]) > 0.5  # it learned: equal results are not all-chance
-    return out
+def reference(small_run):
+    """The uninterrupted run every other run here is compared with (SMALL_RUN, no workers)."""
+    rows = metric_rows(small_run)
+    # it learned: equal results are not all-chance
+    assert len(rows) == 3 and float(rows[-1].split(",")[4]) > 0.5
+    return small_run
 
 
-def test_same_seed_and_settings_give_identical_metrics(reference, tmp_path):
-    result = train_cli(*RUN, "--num-workers", "0", "--out", str(tmp_path))
+def test_the_seed_alone_decides_the_metrics(reference, tmp_path):
+    """The same seed and settings, in another process, give identical metrics; another seed gives
+    others."""
+    again, other = tmp_path / "again", tmp_path / "seed6"
+    result = train_cli(*SMALL_RUN, "--num-workers", "0", "--out", str(again))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (tmp_path / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
-    assert summary(tmp_path)["test_acc"] == summary(reference)["test_acc"]
-    assert summary(tmp_path)["test_loss"] == summary(reference)["test_loss"]
+    assert (again / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
+    assert summary(again)["test_acc"] == summary(reference)["test_acc"]
+    assert summary(again)["test_loss"] == summary(reference)["test_loss"]
+    assert train.main(SMALL_RUN + ["--seed", "6", "--num-workers", "0", "--out", str(other)]) == 0
+    assert summary(other)["seed"] == 6
+    losses = [[row.split(",")[1] for row in metric_rows(run)] for run in (reference, other)]
+    assert all(mine != theirs for mine, theirs in zip(*losses)), losses  # in every epoch
+    assert summary(other)["test_loss"] != summary(reference)["test_loss"]
 
 
 def test_seed_and_settings_are_stored_in_summary_and_checkpoint(reference):
     stored = summary(reference)["settings"]
     checkpoint = torch.load(reference / "last.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["callbacks"]["RunRecord"]["settings"] == stored
-    assert (stored["seed"], stored["lr"], stored["batch_size"], stored["epochs"]) == (5, 0.05, 25, 3)
+    assert [stored[key] for key in ("seed", "lr", "batch_size", "epochs")] == [5, 0.05, 20, 3]
     assert stored["trainer"] == {"enable_progress_bar": False}
     assert checkpoint["hyper_parameters"]["lr"] == 0.05 and checkpoint["datamodule_hyper_parameters"]["seed"] == 5
 
@@ -63,7 +67,7 @@ def test_seed_and_settings_are_stored_in_summary_and_checkpoint(reference):
 def test_sigkilled_run_resumes_to_the_same_result(reference, tmp_path):
     """Killed in epoch 2 with two DataLoader workers; resumed; every metric of every epoch equals the reference's."""
     out = tmp_path / "killed"
-    kill_after_first_checkpoint([*RUN, "--num-workers", "2"], out, tmp_path / "killed.log")
+    kill_after_first_checkpoint([*SMALL_RUN, "--num-workers", "2"], out, tmp_path / "killed.log")
     saved_epochs = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)["epoch"] + 1
     assert saved_epochs < 3 and not (out / "summary.json").exists()  # really killed before the end
 
@@ -77,15 +81,17 @@ def test_sigkilled_run_resumes_to_the_same_result(reference, tmp_path):
 
 
 def test_resume_takes_the_stored_settings(reference):
-    args, trainer_kwargs = train.parse_args(["--resume", str(reference)])
-    assert (args.epochs, args.batch_size, args.lr, args.seed, args.train_size, args.synthetic) == (3, 25, 0.05, 5, 100,
-                                                                                                   True)
-    assert args.out == str(reference) and trainer_kwargs == {"enable_progress_bar": False}
+    settings, trainer_flags = parse_train_args(["--resume", str(reference)])
+    stored = ("epochs", "batch_size", "lr", "seed", "train_size", "synthetic")
+    assert [settings[key] for key in stored] == [3, 20, 0.05, 5, 105, True]
+    assert settings["out"] == settings["resume"] == str(reference)
+    assert trainer_flags == {"enable_progress_bar": False}
     # where the data is and how it is read may change; options repeated with the stored value are fine
-    args, trainer_kwargs = train.parse_args(["--resume", str(reference), "--num-workers", "1", "--data-dir", "moved",
-                                             "--lr", "0.05", "--enable-progress-bar", "true"])
-    assert (args.num_workers, args.data_dir, args.lr) == (1, "moved", 0.05)
-    assert trainer_kwargs == {"enable_progress_bar": True}
+    settings, trainer_flags = parse_train_args([
+        "--resume", str(reference), "--num-workers", "1", "--data-dir", "moved", "--lr", "0.05",
+        "--enable-progress-bar", "true"])
+    assert (settings["num_workers"], settings["data_dir"], settings["lr"]) == (1, "moved", 0.05)
+    assert trainer_flags == {"enable_progress_bar": True}
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -99,7 +105,7 @@ def test_resume_refuses_options_that_change_the_run(reference, extra, message, t
     assert train.main(["--resume", str(reference), *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"error: --resume {reference} continues the run")
-    assert __import__("re").search(message, err), err
+    assert re.search(message, err), err
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, capsys):

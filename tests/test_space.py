@@ -1,4 +1,5 @@
-"""The self-contained checkpoint and `app.py --export-space`: a Hugging Face Space folder that runs on its own."""
+"""The self-contained checkpoint and `app.py --export-space`: a Hugging Face Space folder that runs
+on its own."""
 import ast
 import json
 import os
@@ -18,9 +19,9 @@ from packaging.requirements import Requirement
 import app
 import utils
 from data import CLASSES, make_synthetic
+from demo import serving, space
 from lit_classifier import load_classifier
-from plumbing import serving, space
-from plumbing.checkpointing import INFERENCE
+from plumbing.checkpointing import SERVING
 from tests.test_app import free_port
 
 LEFT_OUT = {"pytorch_lightning", "lightning", "lightning_fabric", "albumentations", "torchmetrics"}
@@ -37,27 +38,24 @@ def exported(tiny_run, tmp_path_factory):
     return dest
 
 
-def test_normalise_is_the_eval_transform_bit_for_bit():
-    images = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
-    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-    assert torch.equal(serving.normalise(images, mean, std), utils.to_input(images, mean, std))
-
-
 def test_the_checkpoint_records_what_serving_needs(tiny_run):
-    record = torch.load(tiny_run / "last.ckpt", weights_only=True)[INFERENCE]  # plain containers only
+    # plain containers only
+    record = torch.load(tiny_run / "last.ckpt", weights_only=True)[SERVING]
     summary = json.loads((tiny_run / "summary.json").read_text())
-    assert record["test_acc"] == summary["test_acc"] and record["test_acc_tta"] == summary["test_acc_tta"]
+    assert record["test_acc"] == summary["test_acc"]
+    assert record["test_acc_tta"] == summary["test_acc_tta"]
     assert record["classes"] == CLASSES and len(record["mean"]) == len(record["std"]) == 3
     assert (record["model_name"], record["recipe"], record["epochs"], record["data"]) == (
         "custom_resnet", "dawn", 1, "synthetic")
-    assert record["device"] == summary["device"] and 0 < record["train_seconds"] <= summary["train_seconds"]
+    assert record["device"] == summary["device"]
+    assert 0 < record["train_seconds"] <= summary["train_seconds"]
     assert load_classifier(tiny_run / "last.ckpt").hparams.model_name == "custom_resnet"
 
 
 def test_export_writes_a_complete_space(exported):
     names = {str(path.relative_to(exported)) for path in exported.rglob("*") if path.is_file()}
-    assert {"app.py", "model.py", "plumbing/__init__.py", "plumbing/serving.py", "plumbing/files.py",
-            "model.safetensors", "config.json", "README.md", "requirements.txt"} <= names
+    assert {"app.py", "model.py", "gradcam.py", "demo/__init__.py", "demo/serving.py",
+            "model.safetensors", "serving.json", "README.md", "requirements.txt"} <= names
     assert len([name for name in names if name.startswith("examples/")]) == space.EXAMPLES
     assert space.folder_bytes(exported) < 60e6
     readme = (exported / "README.md").read_text()
@@ -65,28 +63,32 @@ def test_export_writes_a_complete_space(exported):
     requirements = [line for line in (exported / "requirements.txt").read_text().splitlines()
                     if line and not line.startswith("#")]
     options = [line for line in requirements if line.startswith("-")]
-    pins = {Requirement(line).name: str(Requirement(line).specifier) for line in requirements if line not in options}
+    pins = {Requirement(line).name: str(Requirement(line).specifier) for line in requirements
+            if line not in options}
     assert options == [f"--extra-index-url {space.CPU_WHEELS}"]
     assert front["sdk"] == "gradio" and front["app_file"] == "app.py" and front["title"]
-    assert front["sdk_version"] == gradio.__version__ and pins["gradio"] == f"=={gradio.__version__}"
+    assert front["sdk_version"] == gradio.__version__
+    assert pins["gradio"] == f"=={gradio.__version__}"
     assert front["python_version"] == f"{sys.version_info.major}.{sys.version_info.minor}"
-    assert set(pins) == set(space.REQUIREMENTS) and all(pin.startswith("==") for pin in pins.values())
+    assert set(pins) == set(space.REQUIREMENTS)
+    assert all(pin.startswith("==") for pin in pins.values())
     assert pins["torch"].endswith("+cpu") and not LEFT_OUT & set(pins)
-    config = json.loads((exported / "config.json").read_text())
-    for text in ("6,573,130 parameters", f"{config['test_acc']:.2%} on 60 test images", "| Data | synthetic |",
-                 "| Recipe | dawn (", "| Epochs | 1 |", "| Trained on | CPU", "float16 safetensors"):
+    record = json.loads((exported / "serving.json").read_text())
+    for text in ("6,573,130 parameters", f"{record['test_acc']:.2%} on 60 test images",
+                 "| Data | synthetic |", "| Recipe | dawn (", "| Epochs | 1 |",
+                 "| Trained on | CPU", "float16 safetensors"):
         assert text in readme, text
 
 
 def test_exported_weights_give_the_checkpoints_top_class(exported, tiny_run):
     images = make_synthetic(100, seed=7)[0]  # the run's own kind of test images, 100 of them
-    record = torch.load(tiny_run / "last.ckpt", weights_only=True)[INFERENCE]
-    checkpoint = utils.predict_images(load_classifier(tiny_run / "last.ckpt").model, images, record["mean"],
-                                      record["std"])
+    record = torch.load(tiny_run / "last.ckpt", weights_only=True)[SERVING]
+    model = load_classifier(tiny_run / "last.ckpt").model
+    checkpoint = utils.predict_images(model, images, record["mean"], record["std"])
     demo = serving.load_exported(exported)
-    assert demo.card["weights"] == "float16" and demo.mean == tuple(record["mean"])
-    np.testing.assert_array_equal(serving.predict(demo.model, images, demo.mean, demo.std).argmax(1),
-                                  checkpoint.argmax(1))
+    assert demo.record["weights"] == "float16" and demo.mean == tuple(record["mean"])
+    exported_probs = utils.predict_images(demo.model, images, demo.mean, demo.std)
+    np.testing.assert_array_equal(exported_probs.argmax(1), checkpoint.argmax(1))
 
 
 def test_the_exported_app_runs_without_the_project(exported, tmp_path):
@@ -94,9 +96,9 @@ def test_the_exported_app_runs_without_the_project(exported, tmp_path):
 
     folder = shutil.copytree(exported, tmp_path / "space")
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    # What the Space imports (no Lightning, no albumentations, not the project), then `python app.py` in the same
-    # process: one start-up of torch and Gradio instead of two.
-    probe = ("import runpy, sys, app\nfrom plumbing.serving import build_ui, load_exported\n"
+    # What the Space imports (no Lightning, no albumentations, not the project), then
+    # `python app.py` in the same process: one start-up of torch and Gradio instead of two.
+    probe = ("import runpy, sys, app\nfrom demo.serving import build_ui, load_exported\n"
              "build_ui(load_exported(app.HERE))\n"
              "try:\n    import train\nexcept ImportError:\n    print('no project')\n"
              "print(sorted({name.split('.')[0] for name in sys.modules}), flush=True)\n"
@@ -111,21 +113,24 @@ def test_the_exported_app_runs_without_the_project(exported, tmp_path):
     try:
         deadline = time.monotonic() + 300
         while True:
-            assert process.poll() is None, f"app.py exited with {process.returncode}:\n{log.read_text()[-3000:]}"
+            exited = process.poll()
+            assert exited is None, f"app.py exited with {exited}:\n{log.read_text()[-3000:]}"
             try:
                 urllib.request.urlopen(url, timeout=5)
                 break
             except OSError:
-                assert time.monotonic() < deadline, f"no answer on {url}:\n{log.read_text()[-3000:]}"
+                tail = log.read_text()[-3000:]
+                assert time.monotonic() < deadline, f"no answer on {url}:\n{tail}"
                 time.sleep(0.5)
         lines = log.read_text().splitlines()
         assert "no project" in lines
         modules = ast.literal_eval(next(line for line in lines if line.startswith("['")))
         assert "gradio" in modules and "torch" in modules and not LEFT_OUT & set(modules)
         client = Client(url, verbose=False)
-        label, overlay, _, status = client.predict(handle_file(str(folder / "examples" / "cat.png")), "layer2", 0.5,
-                                                   api_name="/analyse")
-        assert label["label"] in CLASSES and f"**{label['label']}**" in status and "cat.png: 32x32 RGB PNG" in status
+        cat = handle_file(str(folder / "examples" / "cat.png"))
+        label, overlay, _, status = client.predict(cat, "layer2", 0.5, api_name="/analyse")
+        assert label["label"] in CLASSES and f"**{label['label']}**" in status
+        assert "cat.png: 32x32 RGB PNG" in status
         assert overlay is not None
     finally:
         process.terminate()
@@ -133,7 +138,8 @@ def test_the_exported_app_runs_without_the_project(exported, tmp_path):
 
 
 def test_export_of_the_checkpoint_alone(tiny_run, tmp_path):
-    shutil.copy(tiny_run / "last.ckpt", tmp_path / "last.ckpt")  # no run folder, no data: generated images check
+    # no run folder, no data: float16 is checked on generated images
+    shutil.copy(tiny_run / "last.ckpt", tmp_path / "last.ckpt")
     assert export(tmp_path / "space", "--checkpoint", tmp_path / "last.ckpt") == 0
     assert not (tmp_path / "space" / "examples").exists()
     assert f"of {app.GENERATED} generated images" in (tmp_path / "space" / "README.md").read_text()
@@ -145,13 +151,14 @@ def test_bad_exports_get_one_error_line_and_leave_nothing(tiny_run, tmp_path, ca
     (tmp_path / "full" / "notes.txt").write_text("keep me\n")
     (tmp_path / "a_file").write_text("")
     torch.save({"state_dict": {"weight": torch.zeros(3)}, "epoch": 3}, tmp_path / "other.ckpt")
-    old = torch.load(ckpt, weights_only=True)
-    del old[INFERENCE]
-    torch.save(old, tmp_path / "old.ckpt")  # an older train.py's, and no data beside it
+    unserved = torch.load(ckpt, weights_only=True)
+    del unserved[SERVING]
+    torch.save(unserved, tmp_path / "notebook.ckpt")  # as a notebook's, and no data beside it
     cases = [(tmp_path / "full", ckpt, "exists and is not empty"),
              (tmp_path / "a_file" / "space", ckpt, "cannot be written"),
-             (tmp_path / "new1", tmp_path / "other.ckpt", "is not a checkpoint written by train.py"),
-             (tmp_path / "new2", tmp_path / "old.ckpt", "does not record the mean/std")]
+             (tmp_path / "new1", tmp_path / "other.ckpt",
+              "is not a checkpoint written by train.py"),
+             (tmp_path / "new2", tmp_path / "notebook.ckpt", "has no serving record")]
     for dest, checkpoint, message in cases:
         assert export(dest, "--checkpoint", checkpoint) == 2
         err = capsys.readouterr().err
@@ -161,4 +168,5 @@ def test_bad_exports_get_one_error_line_and_leave_nothing(tiny_run, tmp_path, ca
     assert export(tmp_path / "new3", "--checkpoint", ckpt) == 2
     assert "more than 1 MB" in capsys.readouterr().err
     # no new* folders, no temporary ones
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["a_file", "full", "old.ckpt", "other.ckpt"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a_file", "full", "notebook.ckpt",
+                                                                "other.ckpt"]

@@ -1,7 +1,9 @@
 import json
+import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,63 +11,61 @@ import utils
 import train
 from data import CIFAR10DataModule
 from lit_classifier import LitClassifier
-from tests.conftest import ROOT
+from tests.conftest import ROOT, assert_real_figures, figure_pixels, lowest_loss_lr
 
 RUN_FILES = ("summary.json", "metrics.csv", "last.ckpt", "curves.png", "misclassified.png", "gradcam.png",
              "confusion.png")
 SUMMARY_KEYS = ("model", "params", "epochs", "batch_size", "train_images", "test_images", "test_acc", "test_loss",
                 "train_seconds", "warmup_seconds", "eval_seconds", "wall_seconds", "train_epoch_seconds",
-                "images_per_second", "device", "seed", "data")
+                "images_per_second", "device", "augment_on", "channels_last", "seed", "data")
 QUIET = ["--enable-progress-bar", "false", "--num-workers", "0"]
 
 
-@pytest.fixture(scope="module")
-def synthetic_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    argv = ["--model", "custom_resnet", "--synthetic", "--train-size", "500", "--test-size", "200", "--epochs", "3",
-            "--batch-size", "32", "--lr", "0.2", "--seed", "3", "--out", str(out)] + QUIET
-    assert train.main(argv) == 0
-    return out
-
-
-def test_run_folder_has_every_file(synthetic_run):
+def test_run_folder_has_every_file(small_run):
     for name in RUN_FILES:
-        assert (synthetic_run / name).stat().st_size > 0, name
+        assert (small_run / name).stat().st_size > 0, name
+    assert_real_figures(small_run)
 
 
-def test_summary_fields(synthetic_run):
-    summary = json.loads((synthetic_run / "summary.json").read_text())
+def test_summary_fields(small_run):
+    summary = json.loads((small_run / "summary.json").read_text())
     assert set(SUMMARY_KEYS) <= set(summary)
-    assert summary["params"] == 6_573_130 and summary["epochs"] == 3 and summary["seed"] == 3
-    assert summary["train_images"] == 500 and summary["test_images"] == 200 and summary["data"] == "synthetic"
+    assert summary["params"] == 6_573_130 and summary["epochs"] == 3 and summary["seed"] == 5
+    assert (summary["train_images"], summary["test_images"]) == (105, 45)
+    assert summary["data"] == "synthetic"
+    assert (summary["augment_on"], summary["channels_last"]) == ("loader", False)  # the CPU's
     assert 0 <= summary["test_acc"] <= 1 and summary["train_seconds"] > 0
-    # 15 full batches of 32 per epoch (the last partial batch is dropped)
-    assert summary["images_per_second"] == pytest.approx(15 * 32 * 3 / summary["train_seconds"], rel=0.01)
+    # 5 full batches of 20 per epoch (the last 5 images are dropped); train_seconds is rounded to
+    # the millisecond and images/s to a tenth, so the exact quotient lies within these bounds
+    trained, seconds = 5 * 20 * 3, summary["train_seconds"]
+    fastest, slowest = trained / (seconds - 5e-4), trained / (seconds + 5e-4)
+    assert slowest - 0.05 <= summary["images_per_second"] <= fastest + 0.05
 
 
-def test_cpu_training_ends_well_above_chance(synthetic_run):
-    summary = json.loads((synthetic_run / "summary.json").read_text())
+def test_cpu_training_ends_well_above_chance(small_run):
+    summary = json.loads((small_run / "summary.json").read_text())
     assert summary["test_acc"] > 0.6, summary  # chance is 0.1
 
 
-def test_metrics_csv_one_row_per_epoch(synthetic_run):
-    lines = (synthetic_run / "metrics.csv").read_text().splitlines()
+def test_metrics_csv_one_row_per_epoch(small_run):
+    lines = (small_run / "metrics.csv").read_text().splitlines()
     assert lines[0] == "epoch,train_loss,train_acc,val_loss,val_acc,lr"
     rows = [dict(zip(lines[0].split(","), map(float, line.split(",")))) for line in lines[1:]]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert all(r["lr"] > 0 for r in rows) and rows[0]["lr"] > rows[-1]["lr"]  # OneCycle anneals
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
-    summary = json.loads((synthetic_run / "summary.json").read_text())
+    summary = json.loads((small_run / "summary.json").read_text())
     # the reported accuracy is the final epoch's (validation = test split here), not the best epoch's
     assert summary["test_acc"] == pytest.approx(rows[-1]["val_acc"], abs=1e-6)
 
 
-def test_checkpoint_reproduces_reported_accuracy(synthetic_run):
-    lit = LitClassifier.load_from_checkpoint(synthetic_run / "last.ckpt", map_location="cpu")
-    dm = CIFAR10DataModule(synthetic=True, train_size=500, test_size=200, seed=3, batch_size=64, num_workers=0)
+def test_checkpoint_reproduces_reported_accuracy(small_run):
+    lit = LitClassifier.load_from_checkpoint(small_run / "last.ckpt", map_location="cpu")
+    dm = CIFAR10DataModule(synthetic=True, train_size=105, test_size=45, seed=5, batch_size=64,
+                           num_workers=0)
     dm.setup()
     probs, labels = utils.predict(lit.model, dm.test_dataloader())
-    summary = json.loads((synthetic_run / "summary.json").read_text())
+    summary = json.loads((small_run / "summary.json").read_text())
     assert float((probs.argmax(1) == labels).mean()) == pytest.approx(summary["test_acc"], abs=1e-6)
 
 
@@ -95,19 +95,40 @@ def test_cli_on_a_cifar_format_folder_writes_every_file(cifar_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     for name in RUN_FILES:
         assert (out / name).stat().st_size > 0, name
+    assert_real_figures(out)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["data"].startswith("CIFAR-10") and summary["train_images"] == 100
     assert "test accuracy" in result.stdout
 
 
-def test_lr_find_sets_the_peak_and_saves_its_plot(tmp_path):
+def test_the_curves_show_the_runs_own_metrics(small_run, tiny_run):
+    """Two runs with other metrics draw other curves (a figure of nothing, or a fixed one, would
+    not)."""
+    curves = [figure_pixels(run / "curves.png") for run in (small_run, tiny_run)]
+    assert not np.array_equal(*curves)
+
+
+def test_lr_find_sets_the_peak_and_saves_its_plot(tmp_path, monkeypatch):
+    found = []
+
+    def recording_find_lr(*args, **kwargs):
+        found.append(find_lr(*args, **kwargs))
+        return found[-1]
+
+    find_lr = train.find_lr
+    monkeypatch.setattr(train, "find_lr", recording_find_lr)
     out = tmp_path / "lr_run"
-    argv = ["--synthetic", "--train-size", "400", "--test-size", "50", "--epochs", "1", "--batch-size", "8",
-            "--lr-find", "--out", str(out)] + QUIET
+    argv = ["--synthetic", "--train-size", "100", "--test-size", "20", "--epochs", "1",
+            "--batch-size", "8", "--lr-find", "--out", str(out)] + QUIET
     assert train.main(argv) == 0
+    (suggested, figure), = found
+    # the rule: a tenth of the LR where the range test's smoothed loss was lowest; the run uses it
+    assert suggested == pytest.approx(lowest_loss_lr(figure) / 10, rel=1e-9)
     summary = json.loads((out / "summary.json").read_text())
-    assert (out / "lr_finder.png").stat().st_size > 0
-    assert 1e-5 < summary["settings"]["lr"] < 10 and summary["settings"]["lr"] != 0.4
+    assert summary["settings"]["lr"] == suggested
+    checkpoint = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["hyper_parameters"]["lr"] == suggested
+    assert figure_pixels(out / "lr_finder.png").shape[1] >= 400
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -128,7 +149,7 @@ def test_bad_input_is_one_clear_line(argv, message, tmp_path, cifar_dir, capsys,
     assert train.main(argv + synthetic + ["--out", str(tmp_path / "out")] + QUIET) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1
-    assert __import__("re").search(message, err), err
+    assert re.search(message, err), err
 
 
 def test_cli_error_exits_nonzero_without_traceback(tmp_path):

@@ -11,7 +11,7 @@ train_seconds the call of train94 alone, the GPU synchronised at both ends (load
 network, initialising its whitening layer, the training epochs; airbench's own total counts the last two), to
 compare with train.py's train_seconds less its warmup_seconds.
 test_acc is without test-time augmentation; test_acc_tta is airbench94's published figure, mirror + translate TTA
-(train.py's test_acc_tta is mirror only, unless --tta-translate).
+(train.py's test_acc_tta is mirror only).
 """
 import argparse
 import os
@@ -70,7 +70,8 @@ def main(argv=None):
             "kind": RUN, "recipe": "airbench94", "model": "airbench94", "epochs": 9.9, "batch_size": 1024,
             "seed": seed, "device": describe_device("cuda"), "data": data["source"].split(" in ")[0],
             "train_images": len(data["train_labels"]), "test_images": len(data["test_labels"]),
-            "data_path": "airbench CifarLoader", "precision": "fp16", "compile": False,
+            # CifarLoader augments the data set on the GPU; make_net94 is channels-last
+            "augment_on": "device", "channels_last": True, "precision": "fp16", "compile": False,
             "test_acc": round(test_acc, 6), "test_acc_tta": round(test_acc_tta, 6), "tta": "mirror+translate",
             "wall_seconds": round(wall_seconds, 3), "train_seconds": round(train_seconds, 3),
             "torch": torch.__version__,

@@ -1,10 +1,10 @@
 """Training throughput of the whole pipeline against a bare PyTorch loop, in the same process.
 
-    python tools/bench.py --model custom_resnet --batch-size 64 --steps 20 [--device cpu|cuda] [--data-path loader|device]
-                    [--precision 32-true|bf16-mixed] [--compile] [--rounds 3] --out results/bench_cpu.json
+    python tools/bench.py --batch-size 128 --steps 20 [--device cpu|cuda] [--augment-on loader|device]
+        [--precision 32-true|bf16-mixed] [--no-channels-last] [--compile] [--rounds 3] --out results/X.json
 
-"pipeline" is train.py's own training: the DataModule with the chosen data path, the LitClassifier, the Trainer
-with train.py's callbacks and loggers (progress bar included), on synthetic images. "bare" is a plain loop of
+"pipeline" is train.py's own train(): the DataModule, the LitClassifier, the Trainer with train.py's callbacks
+and loggers (progress bar included), on synthetic images, timed over its training steps only. "bare" is a plain loop of
 forward, loss, backward, optimizer step over one fixed batch of the same shape, same model, optimizer, memory
 format and precision: the speed the hardware gives with nothing else around it. Rounds alternate bare and
 pipeline, so load from other processes falls on both alike; "ratio" compares the best (least disturbed) round of
@@ -27,14 +27,11 @@ sys.path.insert(0, str(ROOT))  # the project's modules, when run as python tools
 
 import recipes  # noqa: E402
 import train  # noqa: E402
-from model import build_model  # noqa: E402
-from plumbing import checkpointing  # noqa: E402
-from plumbing.files import UsageError, atomic_write_json, describe_device  # noqa: E402
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from lit_classifier import OPTIMIZERS, make_optimizer  # noqa: E402
+from model import MODELS, build_model  # noqa: E402
+from plumbing import cli  # noqa: E402
+from plumbing.checkpointing import synchronize  # noqa: E402
+from plumbing.files import atomic_write_json, describe_device  # noqa: E402
 
 
 class StepClock(pl.Callback):
@@ -47,7 +44,7 @@ class StepClock(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if batch_idx in (self.warmup - 1, self.last_step):
-            synchronize(pl_module.device)  # only at the two ends: a sync every step would slow the GPU pipeline
+            synchronize(pl_module.device)  # at the two ends only: a sync every step would slow a GPU
             now = time.perf_counter()
             if batch_idx == self.warmup - 1:
                 self.start = now
@@ -55,36 +52,28 @@ class StepClock(pl.Callback):
                 self.end = now
 
 
-def pipeline_images_per_second(args, trainer_kwargs, datamodule, warmup, steps):
+def pipeline_images_per_second(settings, trainer_flags, warmup, steps):
+    """train.py's train() itself, for one epoch of warmup + steps batches (its test and report are not timed)."""
     with tempfile.TemporaryDirectory() as out:
-        out = Path(out)
         clock = StepClock(warmup, warmup + steps - 1)
-        trainer = train.make_trainer(args, trainer_kwargs, out, train.EpochMetricsCSV(out / "metrics.csv"),
-                                     checkpointing.RunRecord({**vars(args), "trainer": trainer_kwargs}))
-        trainer.callbacks.append(clock)
-        trainer.fit(train.make_classifier(args, channels_last=channels_last(args)), datamodule=datamodule)
-    return args.batch_size * steps / (clock.end - clock.start)
+        train.train({**settings, "out": out}, dict(trainer_flags), callbacks=[clock])
+    return settings["batch_size"] * steps / (clock.end - clock.start)
 
 
-def channels_last(args):
-    """As train.run chooses: channels-last on the device data path and on CUDA."""
-    return args.data_path == "device" or args.accelerator == "gpu"
-
-
-def bare_images_per_second(args, precision, device, warmup, steps):
-    model = build_model(args.model, logit_scale=args.logit_scale).to(device)
-    memory_format = torch.channels_last if channels_last(args) else torch.contiguous_format
+def bare_images_per_second(settings, precision, device, warmup, steps):
+    """A plain loop over one fixed batch: the speed the hardware gives the same model, optimizer, memory layout and
+    precision with nothing around it."""
+    model = build_model(settings["model"], logit_scale=settings["logit_scale"]).to(device)
+    memory_format = torch.channels_last if settings["channels_last"] else torch.contiguous_format
     model.to(memory_format=memory_format)
-    if args.compile:
+    if settings["compile"]:
         model = torch.compile(model, dynamic=False)  # as LitClassifier.compile_training
-    if args.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=args.momentum, nesterov=True,
-                                    weight_decay=args.weight_decay)
-    else:
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=args.weight_decay)
-    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    images = torch.randn(args.batch_size, 3, 32, 32, device=device).contiguous(memory_format=memory_format)
-    labels = torch.randint(0, 10, (args.batch_size,), device=device)
+    optimizer = make_optimizer(model.parameters(), settings["optimizer"], 0.01, settings["momentum"],
+                               settings["weight_decay"])
+    criterion = nn.CrossEntropyLoss(label_smoothing=settings["label_smoothing"])
+    batch = settings["batch_size"]
+    images = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=memory_format)
+    labels = torch.randint(0, 10, (batch,), device=device)
     half = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
     scaler = torch.amp.GradScaler(device.type, enabled=half is torch.float16)
     model.train()
@@ -99,7 +88,7 @@ def bare_images_per_second(args, precision, device, warmup, steps):
         scaler.step(optimizer)
         scaler.update()
     synchronize(device)
-    return args.batch_size * steps / (time.perf_counter() - start)
+    return batch * steps / (time.perf_counter() - start)
 
 
 def build_parser():
@@ -110,69 +99,66 @@ def build_parser():
     parser.add_argument("--steps", type=int, default=20, help="timed steps per round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before them")
     parser.add_argument("--rounds", type=int, default=3, help="bare/pipeline pairs")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--data-path", choices=("auto", "loader", "device"), default="auto",
-                        help="as train.py: device on CUDA, loader elsewhere")
-    parser.add_argument("--precision", help="as train.py (default: bf16-mixed on recent GPUs, else 32-true)")
+    parser.add_argument("--device", choices=("cpu", "cuda"),
+                        default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--augment-on", choices=("auto", "loader", "device"), default="auto",
+                        help="as train.py")
+    parser.add_argument("--precision", help="as train.py (default: train.py's for the device)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                        help="as train.py (default: train.py's for the device)")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--num-workers", type=int, help="DataLoader workers (default: train.py's)")
     parser.add_argument("--out", required=True, help="JSON file for the figures")
     return parser
 
 
-def train_arguments(options, folder):
+def train_settings(options):
     """train.py's own parsing and defaults, for synthetic data of exactly warmup + steps full batches."""
-    argv = ["--model", options.model, "--synthetic", "--epochs", "1", "--batch-size", str(options.batch_size),
+    argv = ["--model", options.model, "--synthetic", "--epochs", "1",
+            "--batch-size", str(options.batch_size),
             "--train-size", str(options.batch_size * (options.warmup + options.steps)), "--test-size", "10",
-            "--data-path", options.data_path, "--out", str(folder),
+            "--augment-on", options.augment_on, "--out", "unused", "--lr", "0.01",
             "--accelerator", "gpu" if options.device == "cuda" else "cpu", "--devices", "1",
             "--limit-val-batches", "0", "--num-sanity-val-steps", "0"]  # training throughput only
     for flag, value in (("--recipe", options.recipe), ("--precision", options.precision),
                         ("--num-workers", options.num_workers)):
         if value is not None:
             argv += [flag, str(value)]
+    if options.channels_last is not None:
+        argv.append("--channels-last" if options.channels_last else "--no-channels-last")
     if options.compile:
         argv.append("--compile")
-    args, trainer_kwargs = train.parse_args(argv)
-    args = recipes.resolve(args)
-    args.accelerator = trainer_kwargs["accelerator"]
-    if args.lr is None:  # a recipe that takes its LR from the range test: any LR runs at the same speed
-        args.lr = 0.01
-    return train.hardware_defaults(args, trainer_kwargs)
+    return cli.parse(argv, "", recipes.RECIPES, MODELS, OPTIMIZERS, recipes.resolve)
 
 
 def run(options):
-    if options.steps < 1 or options.warmup < 1 or options.rounds < 1 or options.batch_size < 1:
-        raise UsageError("--steps, --warmup, --rounds and --batch-size must be at least 1")
+    if min(options.steps, options.warmup, options.rounds, options.batch_size) < 1:
+        raise ValueError("--steps, --warmup, --rounds and --batch-size must be at least 1")
     if options.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda, but torch sees no CUDA device here")
+        raise ValueError("--device cuda, but torch sees no CUDA device here")
     device = torch.device(options.device)
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory() as folder:
-        args, trainer_kwargs = train_arguments(options, folder)
-        train.check_args(args)
-        precision = str(trainer_kwargs.get("precision", "32-true"))
-        datamodule = train.make_datamodule(args)
-        datamodule.setup("fit")
-        pl.seed_everything(0)
-        bare, pipeline = [], []
-        for _ in range(options.rounds):
-            bare.append(bare_images_per_second(args, precision, device, options.warmup, options.steps))
-            pipeline.append(pipeline_images_per_second(args, trainer_kwargs, datamodule, options.warmup,
-                                                       options.steps))
+    settings, trainer_flags = train_settings(options)
+    precision = str(trainer_flags.get("precision", "32-true"))
+    pl.seed_everything(0)
+    bare, pipeline = [], []
+    for _ in range(options.rounds):
+        bare.append(bare_images_per_second(settings, precision, device, options.warmup, options.steps))
+        pipeline.append(pipeline_images_per_second(settings, trainer_flags, options.warmup, options.steps))
     result = {
         "kind": "throughput",
-        "model": args.model,
-        "recipe": args.recipe,
-        "batch_size": args.batch_size,
+        "model": settings["model"],
+        "recipe": settings["recipe"],
+        "batch_size": settings["batch_size"],
         "steps": options.steps,
         "warmup_steps": options.warmup,
         "rounds": options.rounds,
         "device": describe_device(device),
-        "data_path": args.data_path,
-        "num_workers": datamodule.num_workers if args.data_path == "loader" else 0,
+        "augment_on": settings["augment_on"],
+        "num_workers": settings["num_workers"] or 0,
         "precision": precision,
-        "compile": args.compile,
+        "channels_last": settings["channels_last"],
+        "compile": settings["compile"],
         "pipeline_images_per_second": round(max(pipeline), 2),
         "bare_images_per_second": round(max(bare), 2),
         "ratio": round(max(pipeline) / max(bare), 4),
@@ -196,12 +182,14 @@ def main(argv=None):
     options = build_parser().parse_args(argv)
     try:
         result = run(options)
-    except UsageError as error:
+    except cli.USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"{result['device']}, {result['model']}, batch {result['batch_size']}, {result['data_path']} data path, "
-          f"{result['precision']}: pipeline {result['pipeline_images_per_second']:.1f} images/s, bare loop "
-          f"{result['bare_images_per_second']:.1f} images/s, ratio {result['ratio']:.3f}; written to {options.out}")
+    print(f"{result['device']}, {result['model']}, batch {result['batch_size']}, augmented on "
+          f"{result['augment_on']}, {result['precision']}, channels-last {result['channels_last']}: "
+          f"pipeline {result['pipeline_images_per_second']:.1f} images/s, bare loop "
+          f"{result['bare_images_per_second']:.1f} images/s, ratio {result['ratio']:.3f}; "
+          f"written to {options.out}")
     return 0
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU runs behind the README's results table: 3 seeds each of the ResNet-9 with the dawn recipe and with the
 # course recipe, the ResNet-18 recipe, and airbench94 as the reference, all on the offline JPEG copy of CIFAR-10;
-# the search for the fastest ResNet-9 setting, the off-by-default options, and notebooks 04 and 05 run on the GPU.
+# the search for the fastest ResNet-9 setting, and notebooks 04 and 05 run on the GPU.
 # Every training run is timed as Page and airbench time theirs: validation and last.ckpt only after the last epoch.
 #
 # 1. Here, on a machine with the package registry and ../shared (nothing of it is committed: .devdata/ and .whl/ are
@@ -14,7 +14,6 @@
 #        SEEDS="0 1" bash tools/gpu_runs.sh setup resnet18
 #        SEEDS=0 bash tools/gpu_runs.sh setup search     # dawn, compiled, at each of $EPOCHS_LIST epochs
 #        bash tools/gpu_runs.sh setup fast 12            # then 3 seeds of the fewest epochs that reached airbench94
-#        SEEDS=0 bash tools/gpu_runs.sh setup options    # each off-by-default option alone (results/options/NAME/)
 #        bash tools/gpu_runs.sh setup notebook 04        # notebooks/04_*.ipynb executed in place on the GPU
 #        bash tools/gpu_runs.sh setup notebook 05
 #    results/ (records, and runs' summaries) comes back as $OUT/results.tgz, refreshed after every run (a timed-out
@@ -96,14 +95,6 @@ train_seeds() {  # NAME RESULTS-DIR TRAIN.PY-FLAGS...: one timed run per seed, i
     done
 }
 
-options() {  # each off-by-default option of recipes.py alone on the dawn recipe, 24 epochs: results/options/NAME/
-    train_seeds label-smoothing results/options/label-smoothing --recipe dawn --label-smoothing 0.2
-    train_seeds bn-frozen-bias64 results/options/bn-frozen-bias64 --recipe dawn --freeze-bn-weight --bn-bias-lr 64
-    train_seeds alt-flip results/options/alt-flip --recipe dawn --alt-flip
-    train_seeds tta-translate results/options/tta-translate --recipe dawn --tta-translate
-    train_seeds ema-every5 results/options/ema-every5 --recipe dawn --ema 0.99 --ema-every 5
-}
-
 notebook() {  # NN: execute notebooks/NN_*.ipynb in place on this machine (its course settings on CUDA)
     local path
     path=$(ls notebooks/"$1"_*.ipynb)
@@ -122,7 +113,7 @@ PYTHON
 }
 
 mkdir -p results
-[ $# -gt 0 ] || { sed -n '2,28p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,22p' "$0"; exit 2; }
 while [ $# -gt 0 ]; do
     group=$1; shift
     case "$group" in
@@ -133,14 +124,13 @@ while [ $# -gt 0 ]; do
         search) for epochs in $EPOCHS_LIST; do
                     train_seeds "dawn-${epochs}ep" results --recipe dawn --epochs "$epochs" --compile
                 done ;;
-        options) options ;;
         notebook) notebook "$1"; shift ;;
         airbench) "$PY" tools/airbench_reference.py --data-dir data --seeds $SEEDS --results-dir results; send_back ;;
         bench)
             "$PY" tools/bench.py --device cuda --batch-size 512 --steps 50 --out results/bench_cuda.json
             "$PY" tools/bench.py --device cuda --batch-size 512 --steps 50 --compile --out results/bench_cuda_compiled.json
             send_back ;;
-        *) echo "unknown group $group: prepare, setup, dawn, course, resnet18, fast EPOCHS, search, options," \
+        *) echo "unknown group $group: prepare, setup, dawn, course, resnet18, fast EPOCHS, search," \
                 "notebook NN, airbench, bench" >&2
            exit 2 ;;
     esac

@@ -1,12 +1,13 @@
-"""The README's screenshot of the demo app: one upload with its prediction and GradCAM, and the gallery of mistakes.
+"""The README's screenshot of the demo app: one upload with its prediction and GradCAM, and the
+gallery of mistakes.
 
-    python tools/screenshot_app.py --checkpoint RUN_DIR/last.ckpt --image photo.jpg [--out images/app_demo.png]
+    python tools/screenshot_app.py --checkpoint RUN_DIR/last.ckpt --image photo.jpg
+                                   [--out images/app_demo.png]
 
-Launches app.py's UI on localhost and drives it with headless Debian chromium (apt-get install chromium) through
-playwright, as tests/test_app_browser.py does.
+Launches app.py's UI on localhost and drives it with headless Debian chromium (apt-get install
+chromium) through playwright, as tests/test_app_browser.py does.
 """
 import argparse
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -15,17 +16,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the project's modules, when run as python tools/NAME.py
 
 import app  # noqa: E402
-from plumbing.files import UsageError, atomic_write_bytes  # noqa: E402
+from plumbing.files import atomic_write_bytes  # noqa: E402
+from tools.bench_app import free_port  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 def screenshot(url, image, overlay_for, count):
@@ -33,7 +29,8 @@ def screenshot(url, image, overlay_for, count):
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000}, device_scale_factor=1)
         page.set_default_timeout(300_000)
         expect.set_options(timeout=300_000)  # computing the gallery takes a while on a busy CPU
@@ -48,7 +45,8 @@ def screenshot(url, image, overlay_for, count):
         page.wait_for_function("() => [...document.querySelectorAll('img')].every(i => i.complete)")
         page.mouse.move(0, 0)  # no hover effects in the picture
         bottom = page.locator("#gallery-status").bounding_box()
-        png = page.screenshot(clip={"x": 0, "y": 0, "width": 1400, "height": bottom["y"] + bottom["height"] + 16},
+        height = bottom["y"] + bottom["height"] + 16
+        png = page.screenshot(clip={"x": 0, "y": 0, "width": 1400, "height": height},
                               full_page=True)
         browser.close()
     return png
@@ -61,17 +59,19 @@ def main(argv=None):
     parser.add_argument("--overlay", default="predicted class", choices=app.OVERLAY_CHOICES,
                         help="GradCAM in the gallery of mistakes")
     parser.add_argument("--count", type=int, default=12, help="mistakes in the gallery")
-    parser.add_argument("--data-dir", help="the run's data folder, when summary.json does not say (a notebook's run)")
+    parser.add_argument("--data-dir", help="the run's data folder, when summary.json does not say "
+                                           "(a notebook's run)")
     parser.add_argument("--out", default="images/app_demo.png")
     args = parser.parse_args(argv)
     try:
         demo = app.load_demo(args.checkpoint, args.data_dir)
-    except UsageError as error:
+    except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as example_dir:
         ui = app.build_ui(demo, example_dir)
-        _, url, _ = ui.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+        _, url, _ = ui.launch(server_name="127.0.0.1", server_port=free_port(),
+                              prevent_thread_lock=True, quiet=True)
         try:
             atomic_write_bytes(args.out, screenshot(url, args.image, args.overlay, args.count))
         finally:
