@@ -4,6 +4,7 @@ DataModule.
 Images are kept as uint8 arrays of shape (N, 32, 32, 3) until the transforms turn them into
 normalised tensors.
 """
+
 import http.client
 import os
 import pickle
@@ -63,15 +64,19 @@ def download_cifar10(data_dir, url=None, md5=CIFAR_MD5) -> Path:
     if has_cifar10(data_dir):
         return folder
     missing = [name for name in TRAIN_FILES + TEST_FILES if not (folder / name).is_file()]
-    absent = (f"{folder} lacks {', '.join(missing)}" if folder.is_dir()
-              else f"CIFAR-10 is not in {folder}")
+    absent = (
+        f"{folder} lacks {', '.join(missing)}"
+        if folder.is_dir()
+        else f"CIFAR-10 is not in {folder}"
+    )
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(folder.parent / ".cifar-10-download.lock")
         lock.acquire()
     except OSError as error:  # a read-only folder
-        raise FileNotFoundError(f"{absent} and cannot be downloaded there "
-                                f"({type(error).__name__}: {error}). {WAYS_OUT}") from None
+        raise FileNotFoundError(
+            f"{absent} and cannot be downloaded there ({type(error).__name__}: {error}). {WAYS_OUT}"
+        ) from None
     # Processes that start together (DDP under torchrun, nodes sharing the folder) download one at
     # a time: the later ones find the batches there.
     try:
@@ -90,7 +95,8 @@ def fetch_and_unpack(url, folder, md5, absent):
         archive.unlink(missing_ok=True)
         raise FileNotFoundError(
             f"{absent}, and the archive downloaded from {url} is corrupt (its MD5 checksum is not "
-            f"{md5}), so it was deleted. Run again to download it afresh. {WAYS_OUT}") from None
+            f"{md5}), so it was deleted. Run again to download it afresh. {WAYS_OUT}"
+        ) from None
     except Exception as error:  # URLError, HTTPError, socket timeouts, a read-only folder
         archive.unlink(missing_ok=True)  # a partial download (a complete one is not fetched again)
         cause = f"{type(error).__name__}: {error}"
@@ -99,17 +105,22 @@ def fetch_and_unpack(url, folder, md5, absent):
                 f"{absent} and the download from {url} stalled or was cut {DOWNLOAD_ATTEMPTS} "
                 f"times (the last time: {cause}; a stall is {DOWNLOAD_TIMEOUT} s without data). "
                 f"Try again later, download the archive elsewhere and put its '{FOLDER}' folder "
-                "in --data-dir, or use --synthetic.") from None
-        raise FileNotFoundError(f"{absent} and could not be downloaded from {url} ({cause}). "
-                                + WAYS_OUT) from None
+                "in --data-dir, or use --synthetic."
+            ) from None
+        raise FileNotFoundError(
+            f"{absent} and could not be downloaded from {url} ({cause}). " + WAYS_OUT
+        ) from None
     try:
         extract_archive(str(archive), str(root))
     except Exception as error:  # a tar error despite the right MD5: a full disk, a foreign archive
-        raise OSError(f"{archive} could not be unpacked into {root} "
-                      f"({type(error).__name__}: {error})") from None
+        raise OSError(
+            f"{archive} could not be unpacked into {root} ({type(error).__name__}: {error})"
+        ) from None
     if not has_cifar10(folder):
-        raise ValueError(f"the archive from {url} did not contain {FOLDER}/ with "
-                         f"{', '.join(TRAIN_FILES + TEST_FILES)}")
+        raise ValueError(
+            f"the archive from {url} did not contain {FOLDER}/ with "
+            f"{', '.join(TRAIN_FILES + TEST_FILES)}"
+        )
     return folder
 
 
@@ -130,8 +141,10 @@ def download_with_retries(download_url, url, root, md5):
             except Exception as error:
                 if attempt == DOWNLOAD_ATTEMPTS or not stalled_or_cut(error):
                     raise
-                print(f"download attempt {attempt} of {DOWNLOAD_ATTEMPTS} failed "
-                      f"({type(error).__name__}: {error}); trying again in {DOWNLOAD_RETRY_WAIT} s")
+                print(
+                    f"download attempt {attempt} of {DOWNLOAD_ATTEMPTS} failed "
+                    f"({type(error).__name__}: {error}); trying again in {DOWNLOAD_RETRY_WAIT} s"
+                )
                 time.sleep(DOWNLOAD_RETRY_WAIT)
     finally:
         socket.setdefaulttimeout(previous)
@@ -141,23 +154,30 @@ def read_batch(path):
     """One CIFAR-10 python batch -> (uint8 images N x 32 x 32 x 3, int64 labels, batch_label)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: --data-dir must hold the complete "
-                                f"'{FOLDER}' folder ({', '.join(TRAIN_FILES + TEST_FILES)}), "
-                                "or use --synthetic")
+        raise FileNotFoundError(
+            f"{path} is missing: --data-dir must hold the complete "
+            f"'{FOLDER}' folder ({', '.join(TRAIN_FILES + TEST_FILES)}), "
+            "or use --synthetic"
+        )
     try:
         with open(path, "rb") as f:
             batch = pickle.load(f, encoding="latin1")
     except Exception as error:  # a truncated or foreign file raises anything, EOFError and up
-        raise ValueError(f"{path} is not a readable CIFAR-10 batch ({type(error).__name__}: "
-                         f"{error}); delete the folder so it is downloaded again") from None
+        raise ValueError(
+            f"{path} is not a readable CIFAR-10 batch ({type(error).__name__}: "
+            f"{error}); delete the folder so it is downloaded again"
+        ) from None
     if not isinstance(batch, dict) or "data" not in batch or "labels" not in batch:
-        raise ValueError(f"{path} is not a CIFAR-10 batch: expected a dict with 'data' and "
-                         "'labels'")
+        raise ValueError(
+            f"{path} is not a CIFAR-10 batch: expected a dict with 'data' and 'labels'"
+        )
     data, labels = np.asarray(batch["data"]), np.asarray(batch["labels"])
     rows_of_pixels = data.ndim == 2 and data.shape[1] == 3072 and len(labels) == len(data)
     if data.dtype != np.uint8 or not rows_of_pixels:
-        raise ValueError(f"{path} is not a CIFAR-10 batch: 'data' is {data.dtype} {data.shape}, "
-                         f"expected uint8 (N, 3072) with N = {len(labels)} labels")
+        raise ValueError(
+            f"{path} is not a CIFAR-10 batch: 'data' is {data.dtype} {data.shape}, "
+            f"expected uint8 (N, 3072) with N = {len(labels)} labels"
+        )
     if len(labels) and (labels.min() < 0 or labels.max() >= len(CLASSES)):
         raise ValueError(f"{path} has labels outside 0..9")
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
@@ -169,9 +189,11 @@ def load_cifar10(data_dir):
     arrays."""
     folder = cifar_folder(data_dir)
     if not folder.is_dir():
-        raise FileNotFoundError(f"no '{FOLDER}' folder in {data_dir}: run without --synthetic on a "
-                                "machine with network to download it, point --data-dir at a folder "
-                                "that holds it, or use --synthetic")
+        raise FileNotFoundError(
+            f"no '{FOLDER}' folder in {data_dir}: run without --synthetic on a "
+            "machine with network to download it, point --data-dir at a folder "
+            "that holds it, or use --synthetic"
+        )
     train = [read_batch(folder / name) for name in TRAIN_FILES]
     test_images, test_labels, _ = read_batch(folder / TEST_FILES[0])
     copy = "(JPEG offline copy)" if "JPEG" in train[0][2] else "(official)"
@@ -184,8 +206,9 @@ def load_cifar10(data_dir):
     }
 
 
-def write_cifar_folder(data_dir, train_images, train_labels, test_images, test_labels,
-                       batch_label="synthetic"):
+def write_cifar_folder(
+    data_dir, train_images, train_labels, test_images, test_labels, batch_label="synthetic"
+):
     """Write arrays in the official pickle layout (5 train batches + test batch + batches.meta)."""
     folder = cifar_folder(data_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -193,9 +216,12 @@ def write_cifar_folder(data_dir, train_images, train_labels, test_images, test_l
     for names, images, labels in splits:
         for name, index in zip(names, np.array_split(np.arange(len(labels)), len(names))):
             rows = images[index].transpose(0, 3, 1, 2).reshape(len(index), -1)
-            batch = {"batch_label": f"{batch_label} {name}", "labels": labels[index].tolist(),
-                     "data": np.ascontiguousarray(rows, dtype=np.uint8),
-                     "filenames": [f"{i}.png" for i in index]}
+            batch = {
+                "batch_label": f"{batch_label} {name}",
+                "labels": labels[index].tolist(),
+                "data": np.ascontiguousarray(rows, dtype=np.uint8),
+                "filenames": [f"{i}.png" for i in index],
+            }
             with open(folder / name, "wb") as f:
                 pickle.dump(batch, f, protocol=4)
     meta = {"label_names": list(CLASSES), "num_cases_per_batch": 10000, "num_vis": 3072}
@@ -205,9 +231,21 @@ def write_cifar_folder(data_dir, train_images, train_labels, test_images, test_l
 
 
 # ------------------------------------------------------------------------------ the synthetic data
-PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
-                    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60],
-                    [250, 190, 212]], dtype=np.float32)
+PALETTE = np.array(
+    [
+        [230, 25, 75],
+        [60, 180, 75],
+        [255, 225, 25],
+        [0, 130, 200],
+        [245, 130, 48],
+        [145, 30, 180],
+        [70, 240, 240],
+        [240, 50, 230],
+        [210, 245, 60],
+        [250, 190, 212],
+    ],
+    dtype=np.float32,
+)
 
 
 def make_synthetic(n, seed=0):
@@ -220,14 +258,16 @@ def make_synthetic(n, seed=0):
     cy, cx = (rng.uniform(11, 21, (2, n, 1, 1))).astype(np.float32)
     r = rng.uniform(5, 9, (n, 1, 1)).astype(np.float32)
     dy, dx = yy - cy, xx - cx
-    dist = np.sqrt(dx ** 2 + dy ** 2)
-    masks = np.stack([
-        dist <= r,                                                 # disk
-        (np.abs(dx) <= 0.8 * r) & (np.abs(dy) <= 0.8 * r),         # square
-        (dy >= -r) & (dy <= r) & (np.abs(dx) <= (dy + r) / 2),     # triangle
-        (np.abs(dy) <= r / 3) & (np.abs(dx) <= 1.3 * r),           # bar
-        (dist <= r) & (dist >= r / 2),                             # ring
-    ])
+    dist = np.sqrt(dx**2 + dy**2)
+    masks = np.stack(
+        [
+            dist <= r,  # disk
+            (np.abs(dx) <= 0.8 * r) & (np.abs(dy) <= 0.8 * r),  # square
+            (dy >= -r) & (dy <= r) & (np.abs(dx) <= (dy + r) / 2),  # triangle
+            (np.abs(dy) <= r / 3) & (np.abs(dx) <= 1.3 * r),  # bar
+            (dist <= r) & (dist >= r / 2),  # ring
+        ]
+    )
     mask = masks[labels % 5, np.arange(n)][..., None]
     background = rng.uniform(0, 110, (n, 1, 1, 3)) + rng.normal(0, 18, (n, 32, 32, 3))
     colour = PALETTE[labels][:, None, None, :] + rng.normal(0, 18, (n, 1, 1, 3))
@@ -238,6 +278,7 @@ def make_synthetic(n, seed=0):
 
 class Draw(NamedTuple):
     """One image drawn by EpochSampler: its index and the (seed, epoch) of its augmentation."""
+
     index: int
     seed: int
     epoch: int
@@ -263,7 +304,7 @@ class ImageArrayDataset(Dataset):
     def __getitems__(self, keys):
         if isinstance(keys[0], Draw):
             rng = np.random.default_rng([keys[0].seed, keys[0].epoch, keys[0].index])
-            self.transform.set_random_state(rng, random.Random(int(rng.integers(2 ** 63))))
+            self.transform.set_random_state(rng, random.Random(int(rng.integers(2**63))))
             keys = [key.index for key in keys]
         return [(self.transform(image=self.images[i])["image"], int(self.labels[i])) for i in keys]
 
@@ -310,16 +351,19 @@ def balanced_subset(labels, n, seed, what="--train-size"):
     """Indices of `n` images spread evenly over the classes (the first n % 10 get one more)."""
     classes = len(CLASSES)
     if n < classes:
-        raise ValueError(f"{what} {n} is too small: it needs at least one image per class "
-                         f"({classes})")
+        raise ValueError(
+            f"{what} {n} is too small: it needs at least one image per class ({classes})"
+        )
     rng = np.random.default_rng(seed)
     picked = []
     for c in range(classes):
         want = n // classes + (c < n % classes)
         members = np.flatnonzero(labels == c)
         if want > len(members):
-            raise ValueError(f"{what} {n} asks for {want} images of class '{CLASSES[c]}' but the "
-                             f"data has {len(members)} ({len(labels)} images in all)")
+            raise ValueError(
+                f"{what} {n} asks for {want} images of class '{CLASSES[c]}' but the "
+                f"data has {len(members)} ({len(labels)} images in all)"
+            )
         picked.append(rng.permutation(members)[:want])
     return rng.permutation(np.concatenate(picked))
 
@@ -346,19 +390,31 @@ class CIFAR10DataModule(pl.LightningDataModule):
     its own 1/N of the test split.
     """
 
-    def __init__(self, data_dir="data", batch_size=DEFAULT["batch_size"], synthetic=False,
-                 train_size=None, test_size=None, seed=0, cutout=DEFAULT["cutout"],
-                 num_workers=None, augment_on="loader"):
+    def __init__(
+        self,
+        data_dir="data",
+        batch_size=DEFAULT["batch_size"],
+        synthetic=False,
+        train_size=None,
+        test_size=None,
+        seed=0,
+        cutout=DEFAULT["cutout"],
+        num_workers=None,
+        augment_on="loader",
+    ):
         super().__init__()
         if augment_on not in AUGMENT_ON:
-            raise ValueError(f"unknown augment_on {augment_on!r}: choose one of "
-                             f"{', '.join(AUGMENT_ON)}")
+            raise ValueError(
+                f"unknown augment_on {augment_on!r}: choose one of {', '.join(AUGMENT_ON)}"
+            )
         if batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
         for name, size in (("--train-size", train_size), ("--test-size", test_size)):
             if size is not None and size < len(CLASSES):
-                raise ValueError(f"{name} {size} is too small: it needs at least one image per "
-                                 f"class ({len(CLASSES)})")
+                raise ValueError(
+                    f"{name} {size} is too small: it needs at least one image per "
+                    f"class ({len(CLASSES)})"
+                )
         self.save_hyperparameters()
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.classes = CLASSES
@@ -380,8 +436,9 @@ class CIFAR10DataModule(pl.LightningDataModule):
             self.source = "synthetic"
         else:
             data = load_cifar10(hp.data_dir)
-            self.mean, self.std = cached_channel_stats(cifar_folder(hp.data_dir),
-                                                       data["train_images"])
+            self.mean, self.std = cached_channel_stats(
+                cifar_folder(hp.data_dir), data["train_images"]
+            )
             self.train_images, self.train_labels = data["train_images"], data["train_labels"]
             self.test_images, self.test_labels = data["test_images"], data["test_labels"]
             if hp.train_size is not None:
@@ -389,14 +446,19 @@ class CIFAR10DataModule(pl.LightningDataModule):
                 self.train_images = self.train_images[keep]
                 self.train_labels = self.train_labels[keep]
             if hp.test_size is not None:
-                keep = np.sort(balanced_subset(self.test_labels, hp.test_size, hp.seed,
-                                               "--test-size"))
+                keep = np.sort(
+                    balanced_subset(self.test_labels, hp.test_size, hp.seed, "--test-size")
+                )
                 self.test_images, self.test_labels = self.test_images[keep], self.test_labels[keep]
             self.source = data["source"]
-        self.train_set = ImageArrayDataset(self.train_images, self.train_labels,
-                                           train_transforms(self.mean, self.std, cutout=hp.cutout))
-        self.test_set = ImageArrayDataset(self.test_images, self.test_labels,
-                                          eval_transforms(self.mean, self.std))
+        self.train_set = ImageArrayDataset(
+            self.train_images,
+            self.train_labels,
+            train_transforms(self.mean, self.std, cutout=hp.cutout),
+        )
+        self.test_set = ImageArrayDataset(
+            self.test_images, self.test_labels, eval_transforms(self.mean, self.std)
+        )
 
     def _loader(self, dataset, shuffle, shard=True):
         epoch = max(self.resume_epoch, self._next_epoch())
@@ -405,16 +467,21 @@ class CIFAR10DataModule(pl.LightningDataModule):
         if self.hparams.augment_on == "device":  # shuffled = augmented
             return self._device_batches(dataset, shuffle, epoch, replicas, rank)
         if shuffle:  # full global batches only (EpochSampler drops the partial one)
-            sampler = EpochSampler(len(dataset), self.hparams.seed, epoch, replicas, rank,
-                                   batch_size)
+            sampler = EpochSampler(
+                len(dataset), self.hparams.seed, epoch, replicas, rank, batch_size
+            )
         elif replicas > 1:  # each process evaluates its own part, none twice (no padding repeats)
             sampler = UnrepeatedDistributedSampler(dataset, replicas, rank, shuffle=False)
         else:
             sampler = None
-        return DataLoader(dataset, batch_size=per_process_batch(batch_size, replicas),
-                          sampler=sampler, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0,
-                          pin_memory=torch.cuda.is_available())
+        return DataLoader(
+            dataset,
+            batch_size=per_process_batch(batch_size, replicas),
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
 
     def _processes(self):
         """(number of processes, this one's rank) of the Trainer's DDP run."""
@@ -443,16 +510,29 @@ class CIFAR10DataModule(pl.LightningDataModule):
         else:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         hp = self.hparams
-        return DeviceBatches(dataset.images, dataset.labels, self.mean, self.std, hp.batch_size,
-                             normalize=model.to_input, device=device, train=train,
-                             cutout=hp.cutout, seed=hp.seed, epoch=epoch, num_replicas=replicas,
-                             rank=rank)
+        return DeviceBatches(
+            dataset.images,
+            dataset.labels,
+            self.mean,
+            self.std,
+            hp.batch_size,
+            normalize=model.to_input,
+            device=device,
+            train=train,
+            cutout=hp.cutout,
+            seed=hp.seed,
+            epoch=epoch,
+            num_replicas=replicas,
+            rank=rank,
+        )
 
     def train_dataloader(self):
         if len(self.train_set) < self.hparams.batch_size:  # the partial batch is dropped: none left
-            raise ValueError(f"--batch-size {self.hparams.batch_size} is larger than the training "
-                             f"set ({len(self.train_set)} images): choose a batch of at most "
-                             f"{len(self.train_set)}")
+            raise ValueError(
+                f"--batch-size {self.hparams.batch_size} is larger than the training "
+                f"set ({len(self.train_set)} images): choose a batch of at most "
+                f"{len(self.train_set)}"
+            )
         return self._loader(self.train_set, shuffle=True)
 
     def val_dataloader(self):

@@ -7,6 +7,7 @@ know more about the class but are coarser (4x4 at the last stage for a 32x32 inp
 
 Needs only model.py, NumPy, torch and pytorch-grad-cam: the exported Space runs it too.
 """
+
 import numpy as np
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
@@ -21,8 +22,10 @@ def target_layer(model, layer):
     network."""
     name = next(name for name, network in MODELS.items() if isinstance(model, network))
     if layer not in GRADCAM_LAYERS[name]:
-        raise ValueError(f"{name} has no GradCAM layer {layer!r}: choose one of "
-                         f"{', '.join(GRADCAM_LAYERS[name])}")
+        raise ValueError(
+            f"{name} has no GradCAM layer {layer!r}: choose one of "
+            f"{', '.join(GRADCAM_LAYERS[name])}"
+        )
     return model.get_submodule(layer)
 
 
@@ -43,12 +46,17 @@ def overlay(images, heatmaps, image_weight=0.5):
     images = np.asarray(images, dtype=np.float32)
     if images.min() < 0 or images.max() > 1:
         raise ValueError("overlay expects de-normalised RGB images in [0, 1]")
-    return np.stack([show_cam_on_image(img, cam, use_rgb=True, image_weight=image_weight)
-                     for img, cam in zip(images, heatmaps)])
+    return np.stack(
+        [
+            show_cam_on_image(img, cam, use_rgb=True, image_weight=image_weight)
+            for img, cam in zip(images, heatmaps)
+        ]
+    )
 
 
-def gradcam_overlays(model, images, target_classes, mean, std, layer, image_weight=0.5,
-                     batch_size=64):
+def gradcam_overlays(
+    model, images, target_classes, mean, std, layer, image_weight=0.5, batch_size=64
+):
     """GradCAM of uint8 HWC images for one class each, drawn over the images themselves: uint8
     overlays.
 
@@ -56,9 +64,17 @@ def gradcam_overlays(model, images, target_classes, mean, std, layer, image_weig
     images = np.asarray(images)
     if len(images) == 0:
         return np.zeros((0, *images.shape[1:3], 3), np.uint8)
-    maps = np.concatenate([gradcam(model, to_input(images[start:start + batch_size], mean, std),
-                                   target_classes[start:start + batch_size], layer)
-                           for start in range(0, len(images), batch_size)])
+    maps = np.concatenate(
+        [
+            gradcam(
+                model,
+                to_input(images[start : start + batch_size], mean, std),
+                target_classes[start : start + batch_size],
+                layer,
+            )
+            for start in range(0, len(images), batch_size)
+        ]
+    )
     return overlay(images.astype(np.float32) / 255.0, maps, image_weight)
 
 
@@ -70,4 +86,4 @@ def mistake_overlays(model, images, labels, mistakes, mean, std, layer, n=8):
     chosen = np.asarray(images)[index]
     targets = np.concatenate([mistakes.predicted[:n], np.asarray(labels)[index]])
     both = gradcam_overlays(model, np.concatenate([chosen, chosen]), targets, mean, std, layer)
-    return both[:len(index)], both[len(index):]
+    return both[: len(index)], both[len(index) :]

@@ -5,6 +5,7 @@ ResNet-18, and the two steps around them: `to_input` (uint8 images -> normalised
 Both networks take normalised 3x32x32 images and return logits (no softmax), so CrossEntropyLoss and
 GradCAM use them as is.
 """
+
 from contextlib import contextmanager
 
 import torch
@@ -73,8 +74,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(c_out)
         self.shortcut = nn.Sequential()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(c_out))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+            )
 
     def forward(self, x):
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -89,8 +91,9 @@ class ResNet18(nn.Module):
     def __init__(self, num_classes=10, logit_scale=1.0):
         super().__init__()
         self.logit_scale = logit_scale
-        self.stem = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64),
-                                  nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True)
+        )
         self.layer1 = self._stage(64, 64, stride=1)
         self.layer2 = self._stage(64, 128, stride=2)
         self.layer3 = self._stage(128, 256, stride=2)
@@ -139,6 +142,7 @@ def to_input(images, mean, std):
     images = torch.as_tensor(images)
     if images.dtype != torch.uint8:
         raise ValueError(f"to_input expects uint8 images, got {images.dtype}")
+
     def per_channel(values):
         return torch.as_tensor(values, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
 

@@ -10,6 +10,7 @@
 Every plot function returns a matplotlib figure; the caller shows it (notebook) or saves it
 (train.py, app).
 """
+
 import copy
 import csv
 import hashlib
@@ -23,10 +24,11 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # else albumentations as
 
 import albumentations as A
 import cv2
-from matplotlib.figure import Figure  # outside pyplot: nothing shown twice, nothing kept open
 import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
+from matplotlib.figure import Figure  # outside pyplot: nothing shown twice, nothing kept open
+from matplotlib.ticker import MaxNLocator
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
@@ -42,12 +44,12 @@ def channel_stats(images, chunk=5000):
     bound memory)."""
     total, total_sq, count = np.zeros(3), np.zeros(3), 0
     for start in range(0, len(images), chunk):
-        pixels = images[start:start + chunk].reshape(-1, 3).astype(np.float64) / 255.0
+        pixels = images[start : start + chunk].reshape(-1, 3).astype(np.float64) / 255.0
         total += pixels.sum(0)
-        total_sq += (pixels ** 2).sum(0)
+        total_sq += (pixels**2).sum(0)
         count += len(pixels)
     mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0))
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
@@ -68,8 +70,9 @@ def cached_channel_stats(folder, images):
         pass  # no cache yet, or an unreadable one: compute afresh
     mean, std = channel_stats(images)
     try:
-        atomic_write_json(path, {"fingerprint": key, "images": len(images), "mean": mean,
-                                 "std": std})
+        atomic_write_json(
+            path, {"fingerprint": key, "images": len(images), "mean": mean, "std": std}
+        )
     except OSError:
         pass  # a read-only data folder only costs the recomputation next time
     return mean, std
@@ -94,8 +97,15 @@ def train_transforms(mean, std, cutout=8, pad=4):
     ]
     if cutout:
         fill = tuple(round(m * 255) for m in mean)
-        steps.append(A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(cutout, cutout),
-                                     hole_width_range=(cutout, cutout), fill=fill, p=1.0))
+        steps.append(
+            A.CoarseDropout(
+                num_holes_range=(1, 1),
+                hole_height_range=(cutout, cutout),
+                hole_width_range=(cutout, cutout),
+                fill=fill,
+                p=1.0,
+            )
+        )
     steps += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
     return A.Compose(steps)
 
@@ -131,7 +141,7 @@ def predict_images(model, images, mean, std, batch_size=256):
     probs = []
     with eval_mode(model):
         for start in range(0, len(images), batch_size):
-            batch = torch.as_tensor(images[start:start + batch_size]).to(device)
+            batch = torch.as_tensor(images[start : start + batch_size]).to(device)
             probs.append(class_probabilities(model, to_input(batch, mean, std)).cpu())
     return torch.cat(probs).numpy()
 
@@ -139,6 +149,7 @@ def predict_images(model, images, mean, std, batch_size=256):
 class Mistakes(NamedTuple):
     """The wrong predictions, most confident first: the images' indices, the class predicted for
     each, and the probability it was given."""
+
     index: np.ndarray
     predicted: np.ndarray
     confidence: np.ndarray
@@ -164,8 +175,9 @@ def mistake_titles(labels, mistakes, classes):
 def confusion_matrix(probs, labels):
     """Counts of (true class, predicted class) pairs: rows are true classes, columns predictions
     (torchmetrics)."""
-    matrix = multiclass_confusion_matrix(torch.as_tensor(probs), torch.as_tensor(labels),
-                                         num_classes=probs.shape[1])
+    matrix = multiclass_confusion_matrix(
+        torch.as_tensor(probs), torch.as_tensor(labels), num_classes=probs.shape[1]
+    )
     return matrix.numpy()
 
 
@@ -181,8 +193,10 @@ def per_class_accuracy(confusion):
 def read_metrics(path):
     """metrics.csv (one row per epoch) -> list of dicts of floats (empty cells become NaN)."""
     with open(path, newline="") as f:
-        return [{k: float(v) if v != "" else math.nan for k, v in row.items()}
-                for row in csv.DictReader(f)]
+        return [
+            {k: float(v) if v != "" else math.nan for k, v in row.items()}
+            for row in csv.DictReader(f)
+        ]
 
 
 def plot_curves(rows):
@@ -199,6 +213,7 @@ def plot_curves(rows):
         for stage in ("train", "val"):
             ax.plot(epochs, [r[f"{stage}_{metric}"] for r in rows], marker="o", label=stage)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_ylabel({"loss": "cross-entropy", "acc": "accuracy"}[metric])
         ax.grid(alpha=0.3)
         ax.legend()
@@ -236,9 +251,11 @@ def image_grid(images, titles, ncols=5, title=None, scale=2.0):
 def plot_misclassified(images, labels, mistakes, classes, n=20):
     """The first `n` Mistakes (utils.misclassified), titled true -> predicted (confidence)."""
     mistakes = mistakes.first(n)
-    return image_grid(images[mistakes.index], mistake_titles(labels, mistakes, classes),
-                      title=f"Misclassified test images, most confident first "
-                            f"({len(mistakes.index)} shown)")
+    return image_grid(
+        images[mistakes.index],
+        mistake_titles(labels, mistakes, classes),
+        title=f"Misclassified test images, most confident first ({len(mistakes.index)} shown)",
+    )
 
 
 def plot_class_samples(images, labels, classes, per_class=8, seed=0):
@@ -254,8 +271,9 @@ def plot_class_samples(images, labels, classes, per_class=8, seed=0):
             ax.axis("off")
         for ax, i in zip(axes[row], picked):
             ax.imshow(images[i], interpolation="nearest")
-        axes[row, 0].text(-0.1, 0.5, name, transform=axes[row, 0].transAxes, ha="right",
-                          va="center")
+        axes[row, 0].text(
+            -0.1, 0.5, name, transform=axes[row, 0].transAxes, ha="right", va="center"
+        )
     fig.suptitle(f"{per_class} random training images per class")
     fig.tight_layout()
     return fig
@@ -270,11 +288,16 @@ def plot_augmentations(image, transform, mean, std, n=9, seed=0):
     """
     transform = copy.deepcopy(transform)
     transform.set_random_seed(seed)
-    views = [denormalize(transform(image=image)["image"], mean, std).permute(1, 2, 0).numpy()
-             for _ in range(n)]
-    return image_grid([image] + views, ["original"] + [f"augmented {i + 1}" for i in range(n)],
-                      ncols=min(n + 1, 5),
-                      title=f"The training augmentation drawn {n} times on one image")
+    views = [
+        denormalize(transform(image=image)["image"], mean, std).permute(1, 2, 0).numpy()
+        for _ in range(n)
+    ]
+    return image_grid(
+        [image] + views,
+        ["original"] + [f"augmented {i + 1}" for i in range(n)],
+        ncols=min(n + 1, 5),
+        title=f"The training augmentation drawn {n} times on one image",
+    )
 
 
 def plot_lr_schedule(lrs, steps_per_epoch=None, title="OneCycle learning rate"):
@@ -299,13 +322,19 @@ def plot_gradcam(images, labels, mistakes, overlays, classes, layer):
     predicted_overlays, true_overlays = overlays
     n = len(predicted_overlays)
     mistakes = mistakes.first(n)
-    titles = (mistake_titles(labels, mistakes, classes)
-              + [f"CAM {classes[p]} (pred)" for p in mistakes.predicted]
-              + [f"CAM {classes[labels[i]]} (true)" for i in mistakes.index])
+    titles = (
+        mistake_titles(labels, mistakes, classes)
+        + [f"CAM {classes[p]} (pred)" for p in mistakes.predicted]
+        + [f"CAM {classes[labels[i]]} (true)" for i in mistakes.index]
+    )
     pictures = list(images[mistakes.index]) + list(predicted_overlays) + list(true_overlays)
-    return image_grid(pictures, titles, ncols=max(n, 1),
-                      title=f"GradCAM at {layer} of the most confident mistakes: where the network "
-                            "looked for the class it chose, and for the right one")
+    return image_grid(
+        pictures,
+        titles,
+        ncols=max(n, 1),
+        title=f"GradCAM at {layer} of the most confident mistakes: where the network "
+        "looked for the class it chose, and for the right one",
+    )
 
 
 def plot_confusion(confusion, classes):
@@ -314,18 +343,29 @@ def plot_confusion(confusion, classes):
     fig = Figure(figsize=(15, 6.5))
     ax_matrix, ax_acc = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
     MulticlassConfusionMatrix(num_classes=len(classes)).plot(
-        val=torch.as_tensor(confusion), ax=ax_matrix, labels=list(classes))
+        val=torch.as_tensor(confusion), ax=ax_matrix, labels=list(classes)
+    )
     ax_matrix.set_title(f"Confusion matrix ({int(confusion.sum())} test images)")
     accuracy = per_class_accuracy(confusion)
     positions = np.arange(len(classes))
     ax_acc.barh(positions, accuracy, color="tab:blue")
     for y, value in zip(positions, accuracy):
-        ax_acc.text(min(value, 1.0) + 0.01 if not np.isnan(value) else 0.01, y,
-                    "n/a" if np.isnan(value) else f"{value:.0%}", va="center", fontsize=9)
+        ax_acc.text(
+            min(value, 1.0) + 0.01 if not np.isnan(value) else 0.01,
+            y,
+            "n/a" if np.isnan(value) else f"{value:.0%}",
+            va="center",
+            fontsize=9,
+        )
     total = np.trace(confusion) / max(confusion.sum(), 1)
     ax_acc.axvline(total, color="k", linestyle="--", linewidth=1, label=f"overall {total:.1%}")
-    ax_acc.set(yticks=positions, yticklabels=classes, xlim=(0, 1.12), xlabel="accuracy",
-               title="Accuracy per class")
+    ax_acc.set(
+        yticks=positions,
+        yticklabels=classes,
+        xlim=(0, 1.12),
+        xlabel="accuracy",
+        title="Accuracy per class",
+    )
     ax_acc.invert_yaxis()
     ax_acc.legend(loc="lower right")
     ax_acc.grid(axis="x", alpha=0.3)

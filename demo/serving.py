@@ -7,6 +7,7 @@ safetensors, Gradio) and, of the project, model.py and gradcam.py: never Lightni
 albumentations. Every model-facing step is a plain function (tests call them directly); `build_ui`
 only wires them to Gradio components.
 """
+
 import json
 import threading
 from dataclasses import dataclass, field
@@ -19,8 +20,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from safetensors.torch import load_file
 
 import gradcam
-from model import (DEFAULT_LAYERS, GRADCAM_LAYERS, build_model, class_probabilities,
-                   count_parameters, to_input)
+from model import (
+    DEFAULT_LAYERS,
+    GRADCAM_LAYERS,
+    build_model,
+    class_probabilities,
+    count_parameters,
+    to_input,
+)
 
 INPUT_SIZE = 32  # what the networks see
 DISPLAY_SIZE = 256  # the upload's crop and its GradCAM overlay are shown at this size
@@ -40,6 +47,7 @@ class Demo:
     model_name, classes, the mean/std of the training data, the data set, recipe, epochs, test
     accuracy... app.py adds the run's test images (and their mistakes, found on first use) for its
     gallery. The lock keeps the GradCAM hooks of two requests apart."""
+
     model: torch.nn.Module
     record: dict
     data_note: str = ""
@@ -87,26 +95,34 @@ def read_image(path):
     try:
         image = Image.open(path)  # reads the header only
     except UnidentifiedImageError:
-        raise ValueError(f"{name} is not an image file this app can read: upload a PNG, JPEG, GIF, "
-                         "BMP, TIFF or WebP image") from None
+        raise ValueError(
+            f"{name} is not an image file this app can read: upload a PNG, JPEG, GIF, "
+            "BMP, TIFF or WebP image"
+        ) from None
     except Image.DecompressionBombError:
         raise ValueError(f"{name} is far too large to decode: downscale it first") from None
     with image:
         width, height = image.size
         if width * height > MAX_PIXELS:
-            raise ValueError(f"{name} is {width}x{height} ({width * height / 1e6:.0f} M pixels), "
-                             f"more than the {MAX_PIXELS / 1e6:.0f} M pixels this app decodes: "
-                             "downscale it first")
+            raise ValueError(
+                f"{name} is {width}x{height} ({width * height / 1e6:.0f} M pixels), "
+                f"more than the {MAX_PIXELS / 1e6:.0f} M pixels this app decodes: "
+                "downscale it first"
+            )
         if min(width, height) < MIN_SIDE:
-            raise ValueError(f"{name} is only {width}x{height} pixels: upload an image of at least "
-                             f"{MIN_SIDE}x{MIN_SIDE} (the network sees {INPUT_SIZE}x{INPUT_SIZE})")
+            raise ValueError(
+                f"{name} is only {width}x{height} pixels: upload an image of at least "
+                f"{MIN_SIDE}x{MIN_SIDE} (the network sees {INPUT_SIZE}x{INPUT_SIZE})"
+            )
         original = f"{width}x{height} {image.mode} {image.format}"
         image.draft("RGB", (DISPLAY_SIZE, DISPLAY_SIZE))  # JPEG only: decode at a reduced scale
         try:
             return to_rgb(ImageOps.exif_transpose(image)), original
         except Exception as error:  # damaged data fails in decoding: OSError, SyntaxError, ...
-            raise ValueError(f"{name} could not be decoded ({type(error).__name__}: {error}); the "
-                             "file is damaged or incomplete: save or export it again") from None
+            raise ValueError(
+                f"{name} could not be decoded ({type(error).__name__}: {error}); the "
+                "file is damaged or incomplete: save or export it again"
+            ) from None
 
 
 def square_crop(image, size):
@@ -133,9 +149,11 @@ class Upload:
 
 def prepare_upload(path):
     image, original = read_image(path)
-    return Upload(square_crop(image, DISPLAY_SIZE), square_crop(image, INPUT_SIZE),
-                  f"{Path(path).name}: {original}, centre square resized to "
-                  f"{INPUT_SIZE}x{INPUT_SIZE}")
+    return Upload(
+        square_crop(image, DISPLAY_SIZE),
+        square_crop(image, INPUT_SIZE),
+        f"{Path(path).name}: {original}, centre square resized to {INPUT_SIZE}x{INPUT_SIZE}",
+    )
 
 
 # -------------------------------------------------------------------------------------- the network
@@ -163,8 +181,10 @@ def analyse_upload(demo, path, layer, opacity=0.5):
     heatmap = cv2.resize(heatmap, (DISPLAY_SIZE, DISPLAY_SIZE), interpolation=cv2.INTER_LINEAR)
     cam = gradcam.overlay(upload.display[None] / 255.0, heatmap[None], image_weight=1 - opacity)[0]
     name = demo.classes[top]
-    status = (f"{upload.description}. Top class **{name}** ({probs[top]:.1%}); GradCAM at {layer} "
-              f"({GRADCAM_LAYERS[demo.model_name][layer]}) for '{name}'.")
+    status = (
+        f"{upload.description}. Top class **{name}** ({probs[top]:.1%}); GradCAM at {layer} "
+        f"({GRADCAM_LAYERS[demo.model_name][layer]}) for '{name}'."
+    )
     scores = {name: float(p) for name, p in zip(demo.classes, probs)}
     return scores, cam, enlarge(upload.model_input, DISPLAY_SIZE // INPUT_SIZE), status
 
@@ -185,8 +205,13 @@ def classify_batch(demo, paths):
             probs = class_probabilities(demo.model, inputs).numpy()
         for (name, upload), p in zip(uploads, probs):
             first, second = np.argsort(-p)[:2]
-            items.append((enlarge(upload.model_input, 4), f"{demo.classes[first]} {p[first]:.0%}, "
-                          f"{demo.classes[second]} {p[second]:.0%} ({name})"))
+            items.append(
+                (
+                    enlarge(upload.model_input, 4),
+                    f"{demo.classes[first]} {p[first]:.0%}, "
+                    f"{demo.classes[second]} {p[second]:.0%} ({name})",
+                )
+            )
     status = f"Classified {len(uploads)} of {len(paths)} files."
     if problems:
         status += " Skipped: " + " ".join(problems)
@@ -196,11 +221,16 @@ def classify_batch(demo, paths):
 # ------------------------------------------------------------------------------ an exported Space
 def model_from_weights(record, path):
     """The network of the serving `record` with the safetensors weights at `path`: float32, eval."""
-    model = build_model(record["model_name"], num_classes=record["num_classes"],
-                        logit_scale=record["logit_scale"])
+    model = build_model(
+        record["model_name"], num_classes=record["num_classes"], logit_scale=record["logit_scale"]
+    )
     state = model.state_dict()
-    model.load_state_dict({name: value.to(state[name].dtype)  # float16 weights come back as float32
-                           for name, value in load_file(path).items()})
+    model.load_state_dict(
+        {
+            name: value.to(state[name].dtype)  # float16 weights come back as float32
+            for name, value in load_file(path).items()
+        }
+    )
     return model.eval()
 
 
@@ -211,10 +241,13 @@ def load_exported(folder):
         record = json.loads((folder / SERVING_RECORD).read_text())
         model = model_from_weights(record, folder / WEIGHTS)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
-        raise ValueError(f"{folder} is not a complete exported Space "
-                         f"({type(error).__name__}: {error})") from None
-    note = ("Uploads are normalised with the mean/std of the training data. The gallery of test "
-            "mistakes is not part of this Space (it needs the run's test images).")
+        raise ValueError(
+            f"{folder} is not a complete exported Space ({type(error).__name__}: {error})"
+        ) from None
+    note = (
+        "Uploads are normalised with the mean/std of the training data. The gallery of test "
+        "mistakes is not part of this Space (it needs the run's test images)."
+    )
     return Demo(model, record, note)
 
 
@@ -222,8 +255,9 @@ def load_exported(folder):
 def title(demo):
     text = f"CIFAR-10 {demo.model_name} ({count_parameters(demo.model):,} parameters)"
     if demo.record.get("test_acc") is not None:
-        text += (f": {demo.record['test_acc']:.1%} test accuracy after "
-                 f"{demo.record['epochs']} epochs")
+        text += (
+            f": {demo.record['test_acc']:.1%} test accuracy after {demo.record['epochs']} epochs"
+        )
     return text
 
 
@@ -241,8 +275,12 @@ def build_ui(demo, examples=(), extra_sections=None):
     def on_upload(image, layer, opacity):
         path = file_path(image)
         if not path:
-            return None, None, None, ("Upload an image (any size or format), or pick an example "
-                                      "below.")
+            return (
+                None,
+                None,
+                None,
+                ("Upload an image (any size or format), or pick an example below."),
+            )
         try:
             return analyse_upload(demo, path, layer, opacity)
         except ValueError as error:
@@ -263,28 +301,48 @@ def build_ui(demo, examples=(), extra_sections=None):
     with gr.Blocks(title="CIFAR-10 classifier", analytics_enabled=False) as ui:
         gr.Markdown(f"## {title(demo)}\n{demo.data_note} Classes: {', '.join(demo.classes)}.")
         with gr.Row():
-            layer = gr.Dropdown(layers, value=DEFAULT_LAYERS[demo.model_name],
-                                label="GradCAM layer",
-                                info="deeper layers are coarser (feature-map size for a 32x32 "
-                                     "input)")
+            layer = gr.Dropdown(
+                layers,
+                value=DEFAULT_LAYERS[demo.model_name],
+                label="GradCAM layer",
+                info="deeper layers are coarser (feature-map size for a 32x32 input)",
+            )
             opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Heat-map opacity")
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="filepath", sources=["upload", "clipboard"], height=300,
-                                 label="Upload an image", elem_id="upload")
+                image = gr.Image(
+                    type="filepath",
+                    sources=["upload", "clipboard"],
+                    height=300,
+                    label="Upload an image",
+                    elem_id="upload",
+                )
                 if examples:
                     gr.Examples(list(examples), inputs=image, label="Examples")
             with gr.Column():
                 label = gr.Label(num_top_classes=TOP_K, label="Top classes", elem_id="prediction")
                 status = gr.Markdown(elem_id="status")
-                model_input = gr.Image(label=f"What the network sees ({INPUT_SIZE}x{INPUT_SIZE})",
-                                       height=160, interactive=False, format="png",
-                                       elem_id="model-input")
+                model_input = gr.Image(
+                    label=f"What the network sees ({INPUT_SIZE}x{INPUT_SIZE})",
+                    height=160,
+                    interactive=False,
+                    format="png",
+                    elem_id="model-input",
+                )
             with gr.Column():
-                cam = gr.Image(label="GradCAM for the top class", height=300, interactive=False,
-                               format="png", elem_id="gradcam")
-        upload_io = dict(fn=on_upload, inputs=[image, layer, opacity],
-                         outputs=[label, cam, model_input, status], preprocess=False)
+                cam = gr.Image(
+                    label="GradCAM for the top class",
+                    height=300,
+                    interactive=False,
+                    format="png",
+                    elem_id="gradcam",
+                )
+        upload_io = dict(
+            fn=on_upload,
+            inputs=[image, layer, opacity],
+            outputs=[label, cam, model_input, status],
+            preprocess=False,
+        )
         image.change(api_name="analyse", **upload_io)
         layer.change(api_visibility="private", **upload_io)
         opacity.release(api_visibility="private", **upload_io)

@@ -7,6 +7,7 @@ images as examples, requirements.txt for CPU inference and README.md (the Space'
 a short model card). Everything is written into a temporary folder beside DEST, which is renamed to
 DEST once complete: a failed export leaves nothing behind.
 """
+
 import importlib.metadata
 import json
 import os
@@ -34,8 +35,16 @@ EXAMPLES = 6
 # The Space installs these pinned to the versions installed here (the ones the export was tested
 # with). torch and torchvision (which grad-cam imports) come as CPU builds from PyTorch's CPU wheel
 # index: a Space without a GPU would otherwise download the CUDA build (gigabytes) for nothing.
-REQUIREMENTS = ("torch", "torchvision", "grad-cam", "gradio", "numpy", "opencv-python-headless",
-                "pillow", "safetensors")
+REQUIREMENTS = (
+    "torch",
+    "torchvision",
+    "grad-cam",
+    "gradio",
+    "numpy",
+    "opencv-python-headless",
+    "pillow",
+    "safetensors",
+)
 CPU_WHEELS = "https://download.pytorch.org/whl/cpu"
 CPU_BUILDS = ("torch", "torchvision")
 
@@ -44,13 +53,17 @@ def check_destination(dest):
     if dest.exists() and not dest.is_dir():
         raise ValueError(f"--export-space {dest} is a file, not a folder")
     if dest.is_dir() and any(dest.iterdir()):
-        raise ValueError(f"--export-space {dest} exists and is not empty: give a new or empty "
-                         "folder (the export writes a whole Space and replaces nothing)")
+        raise ValueError(
+            f"--export-space {dest} exists and is not empty: give a new or empty "
+            "folder (the export writes a whole Space and replaces nothing)"
+        )
 
 
 def requirements():
-    lines = ["# CPU inference only: torch and torchvision from PyTorch's CPU wheel index.",
-             f"--extra-index-url {CPU_WHEELS}"]
+    lines = [
+        "# CPU inference only: torch and torchvision from PyTorch's CPU wheel index.",
+        f"--extra-index-url {CPU_WHEELS}",
+    ]
     for name in REQUIREMENTS:
         version = importlib.metadata.version(name)
         if name in CPU_BUILDS:
@@ -61,8 +74,10 @@ def requirements():
 
 def save_weights(model, path, half):
     """The network's state dict as safetensors, floating-point tensors in float16 if `half`."""
-    state = {name: (value.half() if half and value.is_floating_point() else value)
-             for name, value in model.state_dict().items()}
+    state = {
+        name: (value.half() if half and value.is_floating_point() else value)
+        for name, value in model.state_dict().items()
+    }
     save_file({name: value.detach().cpu().contiguous() for name, value in state.items()}, str(path))
 
 
@@ -81,13 +96,17 @@ def choose_precision(demo, folder, record, images, labels):
     if labels is not None:
         acc_full, acc_half = float((full == labels).mean()), float((half == labels).mean())
         kept = abs(acc_half - acc_full) <= HALF_TOLERANCE
-        found = (f"test accuracy {acc_half:.2%} with float16 weights, {acc_full:.2%} with float32, "
-                 f"on the {len(images)} test images of the run")
+        found = (
+            f"test accuracy {acc_half:.2%} with float16 weights, {acc_full:.2%} with float32, "
+            f"on the {len(images)} test images of the run"
+        )
     else:
         agreement = float((full == half).mean())
         kept = agreement >= AGREEMENT
-        found = (f"float16 weights give the float32 top class on {agreement:.2%} of {len(images)} "
-                 "generated images (the run's test images were not at hand)")
+        found = (
+            f"float16 weights give the float32 top class on {agreement:.2%} of {len(images)} "
+            "generated images (the run's test images were not at hand)"
+        )
     if not kept:
         save_weights(demo.model, path, half=False)
     return ("float16" if kept else "float32"), found
@@ -109,39 +128,61 @@ def model_card(demo, record):
     seconds = record.get("train_seconds")
     settings = record.get("hyperparameters", {})
     recipe = record.get("recipe", "unknown")
-    values = ", ".join(f"{key} {settings[key]}" for key in ("optimizer", "lr", "batch_size",
-                                                            "momentum", "weight_decay",
-                                                            "label_smoothing", "cutout")
-                       if key in settings)
+    values = ", ".join(
+        f"{key} {settings[key]}"
+        for key in (
+            "optimizer",
+            "lr",
+            "batch_size",
+            "momentum",
+            "weight_decay",
+            "label_smoothing",
+            "cutout",
+        )
+        if key in settings
+    )
     rows = [
-        ("Network", f"{network}, {count_parameters(demo.model):,} parameters "
-                    f"(`{demo.model_name}` in model.py)"),
-        ("Test accuracy", "not recorded" if accuracy is None else
-         f"{accuracy:.2%} on {record['test_images']} test images"
-         + (f" ({tta:.2%} with flip TTA)" if tta else "")),
+        (
+            "Network",
+            f"{network}, {count_parameters(demo.model):,} parameters "
+            f"(`{demo.model_name}` in model.py)",
+        ),
+        (
+            "Test accuracy",
+            "not recorded"
+            if accuracy is None
+            else f"{accuracy:.2%} on {record['test_images']} test images"
+            + (f" ({tta:.2%} with flip TTA)" if tta else ""),
+        ),
         ("Data", record.get("data", "unknown")),
         ("Recipe", f"{recipe} ({values})" if values else recipe),
         ("Epochs", record.get("epochs", "unknown")),
-        ("Trained on", record.get("device", "unknown")
-         + (f", {seconds:.0f} s" if seconds is not None else "")),
+        (
+            "Trained on",
+            record.get("device", "unknown") + (f", {seconds:.0f} s" if seconds is not None else ""),
+        ),
         ("Weights", f"{record['weights']} safetensors: {record['weights_check']}"),
     ]
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
-    return (f"# CIFAR-10 {demo.model_name}\n\n"
-            "Upload any image: the network classifies its centre square, resized to 32x32 pixels, "
-            f"into the ten CIFAR-10 classes ({', '.join(demo.classes)}) and shows a GradCAM heat "
-            "map of the pixels that drove the top class. Several files at once are classified as a "
-            f"batch.\n\n| | |\n|---|---|\n{table}\n\n"
-            "Exported from the CIFAR-10 ResNet training kit with `python app.py --checkpoint "
-            "last.ckpt --export-space DEST`; `python app.py` in this folder serves it locally "
-            "(port 7860 or GRADIO_SERVER_PORT).\n")
+    return (
+        f"# CIFAR-10 {demo.model_name}\n\n"
+        "Upload any image: the network classifies its centre square, resized to 32x32 pixels, "
+        f"into the ten CIFAR-10 classes ({', '.join(demo.classes)}) and shows a GradCAM heat "
+        "map of the pixels that drove the top class. Several files at once are classified as a "
+        f"batch.\n\n| | |\n|---|---|\n{table}\n\n"
+        "Exported from the CIFAR-10 ResNet training kit with `python app.py --checkpoint "
+        "last.ckpt --export-space DEST`; `python app.py` in this folder serves it locally "
+        "(port 7860 or GRADIO_SERVER_PORT).\n"
+    )
 
 
 def readme(demo, record):
     gradio = importlib.metadata.version("gradio")
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
-    front = (f"---\ntitle: CIFAR-10 {demo.model_name}\nsdk: gradio\nsdk_version: {gradio}\n"
-             f'python_version: "{python}"\napp_file: app.py\npinned: false\n---\n\n')
+    front = (
+        f"---\ntitle: CIFAR-10 {demo.model_name}\nsdk: gradio\nsdk_version: {gradio}\n"
+        f'python_version: "{python}"\napp_file: app.py\npinned: false\n---\n\n'
+    )
     return front + model_card(demo, record)
 
 
@@ -149,8 +190,9 @@ def write_space(demo, folder, images, labels):
     """Everything of the Space into `folder` (which exists and is empty). Returns a line describing
     the weights."""
     record = dict(demo.record)  # the exported one also says how precise its weights are
-    record["weights"], record["weights_check"] = choose_precision(demo, folder, record, images,
-                                                                  labels)
+    record["weights"], record["weights_check"] = choose_precision(
+        demo, folder, record, images, labels
+    )
     (folder / SERVING_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     shutil.copyfile(ROOT / "demo" / "space_app.py", folder / "app.py")
     (folder / "demo").mkdir()
@@ -181,14 +223,16 @@ def export_space(demo, dest, images, labels=None):
         dest.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
     except OSError as error:
-        raise OSError(f"--export-space {dest} cannot be written "
-                      f"({error.strerror or error})") from None
+        raise OSError(
+            f"--export-space {dest} cannot be written ({error.strerror or error})"
+        ) from None
     try:
         weights = write_space(demo, work, images, labels)
         size = folder_bytes(work)
         if size > MAX_BYTES:
-            raise ValueError(f"the Space would take {size / 1e6:.1f} MB, more than "
-                             f"{MAX_BYTES / 1e6:.0f} MB")
+            raise ValueError(
+                f"the Space would take {size / 1e6:.1f} MB, more than {MAX_BYTES / 1e6:.0f} MB"
+            )
         os.chmod(work, DIR_MODE)  # mkdtemp makes a private folder, safetensors private files
         for path in work.rglob("*"):
             os.chmod(path, DIR_MODE if path.is_dir() else FILE_MODE)
@@ -197,6 +241,8 @@ def export_space(demo, dest, images, labels=None):
         raise OSError(f"--export-space {dest} could not be written ({error})") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)  # after the rename there is no work folder left
-    return (f"Wrote a Hugging Face Space to {dest} ({size / 1e6:.1f} MB) with {weights}. Try it: "
-            f"cd {dest} && python app.py. Publish it: hf upload USER/SPACE {dest} --repo-type "
-            "space (README.md, Demo).")
+    return (
+        f"Wrote a Hugging Face Space to {dest} ({size / 1e6:.1f} MB) with {weights}. Try it: "
+        f"cd {dest} && python app.py. Publish it: hf upload USER/SPACE {dest} --repo-type "
+        "space (README.md, Demo)."
+    )

@@ -5,6 +5,7 @@ Written by `python app.py --checkpoint CKPT --export-space DEST` of the training
 copies this file as DEST/app.py). `python app.py` serves it on the port in GRADIO_SERVER_PORT
 (which Spaces set) or 7860; it needs only this folder and its requirements.txt.
 """
+
 import os
 import sys
 from pathlib import Path
@@ -22,9 +23,11 @@ def main():
         return 2
     examples = sorted(str(path) for path in (HERE / "examples").glob("*.png"))
     # server_name None: Gradio's own default, or GRADIO_SERVER_NAME (0.0.0.0 on Spaces)
-    build_ui(demo, examples).launch(server_port=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
-                                    max_file_size=MAX_FILE_SIZE,
-                                    allowed_paths=[str(HERE / "examples")])
+    build_ui(demo, examples).launch(
+        server_port=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
+        max_file_size=MAX_FILE_SIZE,
+        allowed_paths=[str(HERE / "examples")],
+    )
     return 0
 
 

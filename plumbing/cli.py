@@ -1,11 +1,14 @@
-"""train.py's command line: the flags, every Lightning Trainer argument passed through, the hardware defaults,
-the run folder's claim, and --resume (the stored run's settings back, checked against what is typed now).
+"""train.py's command line: the flags, every Lightning Trainer argument passed through, the hardware
+defaults, the run folder's claim, and --resume (the stored run's settings back, checked against what
+is typed now).
 
-`parse` returns the run's settings in their one shape, a flat dict (what summary.json stores under "settings"),
-and the Trainer flags. It knows no recipe or model itself: train.py hands it their names and the function that
-fills in a recipe (recipes.resolve), so plumbing stays below the lessons.
-"""
+`parse` returns the run's settings in their one shape, a flat dict (what summary.json stores under
+"settings"), and the Trainer flags. It knows no recipe or model itself: train.py hands it their
+names and the function that fills in a recipe (recipes.resolve), so plumbing stays below the
+lessons."""
+
 import argparse
+import contextlib
 import inspect
 import shutil
 import sys
@@ -20,18 +23,28 @@ from pytorch_lightning.utilities import rank_zero_only
 from plumbing import checkpointing, hardware
 from plumbing.files import remove_stale_temporary_files
 
-# What an entry point prints as one `error:` line instead of a traceback: bad flags or files, a diverged run.
+# What an entry point prints as one `error:` line instead of a traceback: bad flags or files, a
+# diverged run.
 USER_ERRORS = (ValueError, OSError, MisconfigurationException, checkpointing.TrainingDiverged)
 # Trainer arguments train.py sets itself; every other one is a pass-through flag.
 OWN_TRAINER_ARGS = {"self", "max_epochs", "logger", "callbacks", "default_root_dir", "plugins"}
-# Options that say where the data is or how it is read and shown, never what is computed: a resume may change them.
-FREE_ON_RESUME = {"out", "resume", "data_dir", "num_workers",
-                  "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.accelerator"}
+# Options that say where the data is or how it is read and shown, never what is computed: a resume
+# may change them.
+FREE_ON_RESUME = {
+    "out",
+    "resume",
+    "data_dir",
+    "num_workers",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.accelerator",
+}
 NOT_SET = "(not set)"
 
 
 def trainer_value(text):
-    """Command-line text -> the Python value a Trainer argument expects (bool, None, int, float or str)."""
+    """Command-line text -> the Python value a Trainer argument expects (bool, None, int, float or
+    str)."""
     lowered = text.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
@@ -59,29 +72,60 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def build_parser(description, recipes, models, optimizers):
     parser = argparse.ArgumentParser(
-        description=description, formatter_class=HelpFormatter,
-        usage="%(prog)s [options] --out RUN_DIR  |  %(prog)s --resume RUN_DIR")
+        description=description,
+        formatter_class=HelpFormatter,
+        usage="%(prog)s [options] --out RUN_DIR  |  %(prog)s --resume RUN_DIR",
+    )
     add = parser.add_argument
-    add("--recipe", metavar="NAME", help=f"the starting hyperparameters: {', '.join(recipes)} (default: "
-        "the model's own, see recipes.py); the flags below override single values")
+    add(
+        "--recipe",
+        metavar="NAME",
+        help=f"the starting hyperparameters: {', '.join(recipes)} (default: "
+        "the model's own, see recipes.py); the flags below override single values",
+    )
     add("--model", metavar="NAME", help=f"{' or '.join(models)} (default: the recipe's)")
     add("--epochs", type=int, metavar="N", help="(recipe)")
-    add("--batch-size", type=int, metavar="N", help="the global batch, split between the devices "
-        "(recipe; another batch size scales the recipe's LR linearly)")
-    add("--data-dir", default="data", metavar="DIR", help="folder holding (or receiving) cifar-10-batches-py/")
+    add(
+        "--batch-size",
+        type=int,
+        metavar="N",
+        help="the global batch, split between the devices "
+        "(recipe; another batch size scales the recipe's LR linearly)",
+    )
+    add(
+        "--data-dir",
+        default="data",
+        metavar="DIR",
+        help="folder holding (or receiving) cifar-10-batches-py/",
+    )
     add("--synthetic", action="store_true", help="generated data: no download, no files")
     add("--train-size", type=int, metavar="N", help="class-balanced subset of the training split")
     add("--test-size", type=int, metavar="N", help="class-balanced subset of the test split")
-    add("--seed", type=int, default=0, metavar="N", help="seeds shuffling, augmentation and weights")
-    add("--lr-find", action=argparse.BooleanOptionalAction,
-        help="set the OneCycle peak LR from an LR range test (recipe)")
+    add(
+        "--seed", type=int, default=0, metavar="N", help="seeds shuffling, augmentation and weights"
+    )
+    add(
+        "--lr-find",
+        action=argparse.BooleanOptionalAction,
+        help="set the OneCycle peak LR from an LR range test (recipe)",
+    )
     add("--out", metavar="RUN_DIR", help="run folder for checkpoints, metrics, summary and plots")
-    add("--resume", metavar="RUN_DIR",
-        help="continue the run in RUN_DIR from its last.ckpt, with the settings it started with")
-    add("--overwrite", action="store_true", help="start a new run in an --out folder that holds another "
-        "run, deleting that run's checkpoint, metrics, summary, plots and logs first")
-    add("--results-dir", metavar="DIR",
-        help="also write a time-to-accuracy record there (see tools/results_table.py)")
+    add(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its last.ckpt, with the settings it started with",
+    )
+    add(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in an --out folder that holds another "
+        "run, deleting that run's checkpoint, metrics, summary, plots and logs first",
+    )
+    add(
+        "--results-dir",
+        metavar="DIR",
+        help="also write a time-to-accuracy record there (see tools/results_table.py)",
+    )
     recipe = parser.add_argument_group("recipe values (default: from the recipe)").add_argument
     recipe("--optimizer", choices=optimizers)
     recipe("--lr", type=float, help="OneCycle peak learning rate")
@@ -91,47 +135,102 @@ def build_parser(description, recipes, models, optimizers):
     recipe("--div-factor", type=float, help="OneCycle starts at lr / div-factor")
     recipe("--final-div-factor", type=float, help="and ends at lr / div-factor / final-div-factor")
     recipe("--label-smoothing", type=float)
-    recipe("--logit-scale", type=float, help="multiplies the logits (dawn: 0.125; 1: the plain network)")
+    recipe(
+        "--logit-scale",
+        type=float,
+        help="multiplies the logits (dawn: 0.125; 1: the plain network)",
+    )
     recipe("--cutout", type=int, metavar="PIXELS", help="cutout hole size (0: none)")
-    recipe("--tta", action=argparse.BooleanOptionalAction, help="also report test_acc_tta, the accuracy "
-           "with flip test-time augmentation (test_acc stays single-view)")
+    recipe(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        help="also report test_acc_tta, the accuracy "
+        "with flip test-time augmentation (test_acc stays single-view)",
+    )
     speed = parser.add_argument_group("speed (results do not depend on these)").add_argument
-    speed("--augment-on", choices=("auto", "loader", "device"), default="auto",
-          help="where augmentation runs. loader: albumentations per image in the DataLoader; device: the "
-          "whole data set on the training device, augmented there in batches; auto: device on CUDA")
-    speed("--channels-last", action=argparse.BooleanOptionalAction, help="channels-last memory layout "
-          "(default: on CUDA, and on CPUs that compute bfloat16 natively)")
-    speed("--compile", action="store_true", help="torch.compile the training steps (evaluation stays eager)")
-    speed("--val-every-epoch", action=argparse.BooleanOptionalAction, default=True,
-          help="validate after every epoch; --no-val-every-epoch: after the last only, as a timed run does")
-    speed("--ckpt-every-epoch", action=argparse.BooleanOptionalAction, default=True,
-          help="write last.ckpt (what --resume continues from) after every epoch, else after the last")
-    speed("--num-workers", type=int, metavar="N", help="DataLoader workers (default: none when training "
-          "on the CPU, else one per core but the main process's)")
+    speed(
+        "--augment-on",
+        choices=("auto", "loader", "device"),
+        default="auto",
+        help="where augmentation runs. loader: albumentations per image in the DataLoader; "
+        "device: the "
+        "whole data set on the training device, augmented there in batches; auto: device on CUDA",
+    )
+    speed(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        help="channels-last memory layout "
+        "(default: on CUDA, and on CPUs that compute bfloat16 natively)",
+    )
+    speed(
+        "--compile",
+        action="store_true",
+        help="torch.compile the training steps (evaluation stays eager)",
+    )
+    speed(
+        "--val-every-epoch",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="validate after every epoch; --no-val-every-epoch: after the last only, as a timed "
+        "run does",
+    )
+    speed(
+        "--ckpt-every-epoch",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write last.ckpt (what --resume continues from) after every epoch, else after the "
+        "last",
+    )
+    speed(
+        "--num-workers",
+        type=int,
+        metavar="N",
+        help="DataLoader workers (default: none when training "
+        "on the CPU, else one per core but the main process's)",
+    )
     group = parser.add_argument_group(
-        "Lightning Trainer flags", "Any pl.Trainer argument, e.g. --accelerator gpu --devices 2 --strategy ddp "
-        "--precision bf16-mixed (true/false/none and numbers are converted; --max_time works too).")
+        "Lightning Trainer flags",
+        "Any pl.Trainer argument, e.g. --accelerator gpu --devices 2 --strategy ddp "
+        "--precision bf16-mixed (true/false/none and numbers are converted; --max_time works too).",
+    )
     for name, param in inspect.signature(pl.Trainer.__init__).parameters.items():
         if name in OWN_TRAINER_ARGS or param.kind is not inspect.Parameter.KEYWORD_ONLY:
             continue
         dest = f"trainer.{name}"
-        group.add_argument(f"--{name.replace('_', '-')}", dest=dest, type=trainer_value,
-                           default=argparse.SUPPRESS, metavar="VALUE", help=f"default {param.default!r}")
+        group.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=dest,
+            type=trainer_value,
+            default=argparse.SUPPRESS,
+            metavar="VALUE",
+            help=f"default {param.default!r}",
+        )
         if "_" in name:  # the underscore spelling works too, without a second line in --help
-            group.add_argument(f"--{name}", dest=dest, type=trainer_value, default=argparse.SUPPRESS,
-                               help=argparse.SUPPRESS)
+            group.add_argument(
+                f"--{name}",
+                dest=dest,
+                type=trainer_value,
+                default=argparse.SUPPRESS,
+                help=argparse.SUPPRESS,
+            )
     return parser
 
 
 def parse(argv, description, recipes, models, optimizers, resolve):
-    """-> (settings, trainer flags) of a new run (`resolve` fills in the recipe) or of the run --resume names."""
+    """-> (settings, trainer flags) of a new run (`resolve` fills in the recipe) or of the run
+    --resume names."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(description, recipes, models, optimizers)
     given = vars(parser.parse_args(argv))
-    trainer_flags = {key.split(".", 1)[1]: given.pop(key) for key in list(given) if key.startswith("trainer.")}
+    trainer_flags = {
+        key.split(".", 1)[1]: given.pop(key) for key in list(given) if key.startswith("trainer.")
+    }
     if given["resume"]:
         if given["overwrite"]:
-            parser.error("--resume continues the run in RUN_DIR and --overwrite starts a new one there: give one")
+            parser.error(
+                "--resume continues the run in RUN_DIR and --overwrite starts a new one there: "
+                "give one"
+            )
         return resumed(given, trainer_flags, explicit_options(parser, argv))
     if given["out"] is None:
         parser.error("the following arguments are required: --out (or --resume RUN_DIR)")
@@ -139,7 +238,9 @@ def parse(argv, description, recipes, models, optimizers, resolve):
     hardware_defaults(settings, trainer_flags)
     check(settings, models)
     if not settings["val_every_epoch"]:
-        trainer_flags.setdefault("check_val_every_n_epoch", settings["epochs"])  # the last epoch's only
+        trainer_flags.setdefault(
+            "check_val_every_n_epoch", settings["epochs"]
+        )  # the last epoch's only
     return settings, trainer_flags
 
 
@@ -150,14 +251,18 @@ def on_cuda(trainer_flags):
 
 def on_cpu(trainer_flags):
     accelerator = str(trainer_flags.get("accelerator", "auto"))
-    return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()
-                                    and not torch.backends.mps.is_available())
+    return accelerator == "cpu" or (
+        accelerator == "auto"
+        and not torch.cuda.is_available()
+        and not torch.backends.mps.is_available()
+    )
 
 
 def hardware_defaults(settings, trainer_flags):
-    """Settings that change speed only, where not given (plumbing/hardware.py). CUDA: augmentation on the device,
-    mixed precision, channels-last, cuDNN autotuning (one batch shape). CPU: bf16 + channels-last where the CPU
-    computes bf16 natively, and no DataLoader workers (the network's threads already use every core)."""
+    """Settings that change speed only, where not given (plumbing/hardware.py). CUDA: augmentation
+    on the device, mixed precision, channels-last, cuDNN autotuning (one batch shape). CPU: bf16 +
+    channels-last where the CPU computes bf16 natively, and no DataLoader workers (the network's
+    threads already use every core)."""
     cuda, cpu = on_cuda(trainer_flags), on_cpu(trainer_flags)
     if settings["augment_on"] == "auto":
         settings["augment_on"] = "device" if cuda else "loader"
@@ -183,14 +288,16 @@ def check(settings, models):
 
 
 def explicit_options(parser, argv):
-    """The option names typed on the command line (argparse alone cannot tell a default from a typed value)."""
+    """The option names typed on the command line (argparse alone cannot tell a default from a typed
+    value)."""
     for action in parser._actions:
         action.default = argparse.SUPPRESS
     return set(vars(parser.parse_args(argv)))
 
 
 def resumed(given, trainer_flags, explicit):
-    """The stored run's (settings, trainer flags); options typed now must agree with it, but FREE_ON_RESUME ones."""
+    """The stored run's (settings, trainer flags); options typed now must agree with it, but
+    FREE_ON_RESUME ones."""
     run_dir = Path(given["resume"])
     _, stored = checkpointing.stored_settings(run_dir)
     stored_trainer = stored.get("trainer", {})
@@ -202,35 +309,51 @@ def resumed(given, trainer_flags, explicit):
         else:
             now, before = given[name], stored.get(name, given[name])
         if now != before:
-            conflicts.append(f"--{name.split('.')[-1].replace('_', '-')} {now} (the run has {before})")
+            conflicts.append(
+                f"--{name.split('.')[-1].replace('_', '-')} {now} (the run has {before})"
+            )
     if "out" in explicit and Path(given["out"]).resolve() != run_dir.resolve():
-        conflicts.append(f"--out {given['out']} (a resumed run writes into its own folder, {run_dir})")
+        conflicts.append(
+            f"--out {given['out']} (a resumed run writes into its own folder, {run_dir})"
+        )
     if conflicts:
-        raise ValueError(f"--resume {run_dir} continues the run with the settings it started with, and these "
-                         f"options differ: {'; '.join(conflicts)}. Leave them out, or start a new run in "
-                         "another --out folder")
+        raise ValueError(
+            f"--resume {run_dir} continues the run with the settings it started with, and these "
+            f"options differ: {'; '.join(conflicts)}. Leave them out, or start a new run in "
+            "another --out folder"
+        )
     settings = {key: value for key, value in stored.items() if key != "trainer"}
     settings.update({name: given[name] for name in explicit & FREE_ON_RESUME if name in given})
     settings.update(out=str(run_dir), resume=str(run_dir))
     flags = dict(stored_trainer)
-    flags.update({name.split(".", 1)[1]: trainer_flags[name.split(".", 1)[1]]
-                  for name in explicit & FREE_ON_RESUME if name.startswith("trainer.")})
+    flags.update(
+        {
+            name.split(".", 1)[1]: trainer_flags[name.split(".", 1)[1]]
+            for name in explicit & FREE_ON_RESUME
+            if name.startswith("trainer.")
+        }
+    )
     return settings, flags
 
 
 def prepare_run_folder(settings, outputs):
-    """A new run never replaces another by accident: a folder holding a run (outputs[:3]) is refused, unless
-    --overwrite, which deletes that run's `outputs` first (nothing else in the folder). A resumed run's folder loses
-    only the temporary files of writes that a killed process left behind."""
+    """A new run never replaces another by accident: a folder holding a run (outputs[:3]) is
+    refused, unless --overwrite, which deletes that run's `outputs` first (nothing else in the
+    folder). A resumed run's folder loses only the temporary files of writes that a killed process
+    left behind."""
     out = Path(settings["out"])
     if settings["resume"]:
         remove_stale_temporary_files(out)
         return out
     held = [name for name in outputs[:3] if (out / name).exists()]
     if held and not settings["overwrite"]:
-        raise ValueError(f"--out {out} already holds a run ({', '.join(held)}): continue it with --resume "
-                         f"{out}, start the new run in another folder, or replace the old one with --overwrite")
-    if held and rank_zero_only.rank == 0:  # under DDP the other processes start later and find it cleared
+        raise ValueError(
+            f"--out {out} already holds a run ({', '.join(held)}): continue it with --resume "
+            f"{out}, start the new run in another folder, or replace the old one with --overwrite"
+        )
+    if (
+        held and rank_zero_only.rank == 0
+    ):  # under DDP the other processes start later and find it cleared
         for name in outputs:
             path = out / name
             if path.is_dir():
@@ -241,9 +364,21 @@ def prepare_run_folder(settings, outputs):
     return out
 
 
-def check_strategy(trainer):
-    """Multi-device runs: DDP with one process per device, each started by running train.py again."""
+def check_strategy(trainer, trainer_flags):
+    """Multi-device runs: DDP with one process per device, each started by running train.py
+    again."""
     if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
-        raise ValueError("this --strategy trains in processes started from inside this one, whose records of "
-                         "the run never come back to it: use --strategy ddp (in a notebook, a Trainer with "
-                         "strategy=\"ddp_notebook\", see notebook 6)")
+        raise ValueError(
+            f"--strategy {trainer_flags.get('strategy')} trains in processes started from inside "
+            "this one, whose records of the run never come back to it: use --strategy ddp (in a "
+            'notebook, a Trainer with strategy="ddp_notebook", see notebook 6)'
+        )
+
+
+@contextlib.contextmanager
+def lightning_checks(trainer_flags):
+    """Lightning's refusal of a pass-through Trainer flag, as one error naming the flags."""
+    try:
+        yield
+    except (ValueError, TypeError, RuntimeError, MisconfigurationException) as error:
+        raise ValueError(f"Lightning refused the Trainer flags {trainer_flags}: {error}") from None

@@ -1,4 +1,5 @@
 """Small helpers shared by the modules: atomic file writes and the device's name."""
+
 import io
 import json
 import os
@@ -8,9 +9,8 @@ from pathlib import Path
 
 import torch
 
-
-# The permissions a plain open() would give (mkstemp makes its files private). Read once: os.umask can only be
-# read by setting it, which is unsafe once other threads create files.
+# The permissions a plain open() would give (mkstemp makes its files private). Read once: os.umask
+# can only be read by setting it, which is unsafe once other threads create files.
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK
@@ -18,7 +18,8 @@ DIR_MODE = 0o777 & ~_UMASK
 
 
 def atomic_write_bytes(path, data: bytes):
-    """Write to a temporary file beside `path`, fsync, then rename: a crash leaves the old file or the new one."""
+    """Write to a temporary file beside `path`, fsync, then rename: a crash leaves the old file or
+    the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -8,6 +8,7 @@ Written by hand because albumentations works on one NumPy image at a time on the
 feed a GPU training a ResNet-9 at thousands of images per second. On a CPU-only machine the same
 code runs on CPU tensors (that is how the tests run it).
 """
+
 import math
 
 import numpy as np
@@ -18,8 +19,10 @@ def per_process_batch(batch_size, processes):
     """Each of the `processes` takes an equal share of every global batch of `batch_size` images,
     so a recipe's batch (and learning rate) means the same on any number of devices."""
     if batch_size % processes:
-        raise ValueError(f"--batch-size {batch_size} is the global batch and must split evenly "
-                         f"between the {processes} processes (devices x nodes)")
+        raise ValueError(
+            f"--batch-size {batch_size} is the global batch and must split evenly "
+            f"between the {processes} processes (devices x nodes)"
+        )
     return batch_size // processes
 
 
@@ -89,8 +92,23 @@ class DeviceBatches:
     evaluation each process takes its own consecutive part of the data.
     """
 
-    def __init__(self, images, labels, mean, std, batch_size, normalize, device="cpu", train=False,
-                 cutout=8, pad=4, seed=0, channels_last=True, epoch=0, num_replicas=1, rank=0):
+    def __init__(
+        self,
+        images,
+        labels,
+        mean,
+        std,
+        batch_size,
+        normalize,
+        device="cpu",
+        train=False,
+        cutout=8,
+        pad=4,
+        seed=0,
+        epoch=0,
+        num_replicas=1,
+        rank=0,
+    ):
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is not one of the {num_replicas} processes")
         self.local_batch = per_process_batch(batch_size, num_replicas)
@@ -104,7 +122,6 @@ class DeviceBatches:
         fill = [round(m * 255) for m in mean]
         self.fill = torch.tensor(fill, dtype=torch.uint8, device=device).view(3, 1, 1)
         self.batch_size, self.train, self.cutout, self.pad = batch_size, train, cutout, pad
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.seed, self.epoch = seed, epoch
         self.num_replicas, self.rank = num_replicas, rank
         self.generator = torch.Generator(device=device)
@@ -125,8 +142,7 @@ class DeviceBatches:
 
     def inputs(self, images):
         """uint8 NCHW -> the normalised float batch (to_input takes NHWC: a permuted view)."""
-        inputs = self.normalize(images.permute(0, 2, 3, 1), self.mean, self.std)
-        return inputs.contiguous(memory_format=self.memory_format)
+        return self.normalize(images.permute(0, 2, 3, 1), self.mean, self.std)
 
     def __iter__(self):
         n = len(self.labels)
@@ -142,6 +158,6 @@ class DeviceBatches:
             return
         order = torch.randperm(n, device=device, generator=self.generator)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
-            index = order[start:start + self.batch_size]
+            index = order[start : start + self.batch_size]
             mine = rank_slice(len(index), self.num_replicas, self.rank)
             yield self.inputs(self.augment(self.images[index])[mine]), self.labels[index[mine]]

@@ -1,20 +1,22 @@
 """The fastest settings the machine gives for the same training: precision and memory layout.
 
-They change speed, not what is learned (tools/bench.py measures the speed, results/ the accuracy of both).
-"""
+They change speed, not what is learned (tools/bench.py measures the speed, results/ the accuracy of
+both)."""
+
 import torch
 
 
 def cpu_computes_bf16():
-    """True where the CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX), as torch reports it. There bf16
-    autocast runs about 2-3x faster than float32; elsewhere bf16 is emulated and slower than float32."""
+    """True where the CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX), as torch reports it.
+    There bf16 autocast runs about 2-3x faster than float32; elsewhere bf16 is emulated and slower
+    than float32."""
     capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
     return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
 
 
 def fast_precision(cuda):
-    """Mixed precision where the hardware computes it natively (bf16 on Ampere GPUs and later, as dawn.py trained
-    in fp16 on a V100; bf16 on such CPUs), else float32."""
+    """Mixed precision where the hardware computes it natively (bf16 on Ampere GPUs and later, as
+    dawn.py trained in fp16 on a V100; bf16 on such CPUs), else float32."""
     if cuda:
         return "bf16-mixed" if torch.cuda.get_device_capability()[0] >= 8 else "16-mixed"
     return "bf16-mixed" if cpu_computes_bf16() else "32-true"

@@ -1,6 +1,7 @@
 """Result records: one JSON file per timed run (train.py --results-dir, tools/airbench_reference.py)
 or benchmark (tools/bench.py) in results/; tools/results_table.py turns them into the README's
 tables."""
+
 import re
 from pathlib import Path
 
@@ -9,12 +10,41 @@ from plumbing.files import atomic_write_json
 RUN, THROUGHPUT = "time_to_accuracy", "throughput"
 # Latency reports of tools/bench_app.py and tools/bench_space.py: read by people, not by the tables.
 APP_LATENCY, SPACE_LATENCY = "app_latency", "space_latency"
-RUN_KEYS = ("recipe", "model", "epochs", "batch_size", "seed", "device", "data", "train_images",
-            "test_images", "augment_on", "channels_last", "precision", "compile", "test_acc",
-            "test_acc_tta", "wall_seconds", "train_seconds", "torch")
-THROUGHPUT_KEYS = ("model", "batch_size", "device", "augment_on", "num_workers", "precision",
-                   "channels_last", "pipeline_images_per_second", "bare_images_per_second", "ratio",
-                   "median_round_ratio", "load_before", "load_after")
+RUN_KEYS = (
+    "recipe",
+    "model",
+    "epochs",
+    "batch_size",
+    "seed",
+    "device",
+    "data",
+    "train_images",
+    "test_images",
+    "augment_on",
+    "channels_last",
+    "precision",
+    "compile",
+    "test_acc",
+    "test_acc_tta",
+    "wall_seconds",
+    "train_seconds",
+    "torch",
+)
+THROUGHPUT_KEYS = (
+    "model",
+    "batch_size",
+    "device",
+    "augment_on",
+    "num_workers",
+    "precision",
+    "channels_last",
+    "pipeline_images_per_second",
+    "bare_images_per_second",
+    "ratio",
+    "median_round_ratio",
+    "load_before",
+    "load_after",
+)
 
 
 def data_set_name(source):
@@ -31,8 +61,9 @@ def record_from_summary(summary):
         "data": data_set_name(summary["data"]),
         "compile": bool(summary["settings"]["compile"]),
         "test_acc_tta": summary.get("test_acc_tta"),
-        **{key: summary[key] for key in ("tta", "warmup_seconds", "eval_seconds")
-           if key in summary},
+        **{
+            key: summary[key] for key in ("tta", "warmup_seconds", "eval_seconds") if key in summary
+        },
         "torch": summary["versions"]["torch"],
         "lightning": summary["versions"]["pytorch_lightning"],
     }
@@ -48,8 +79,10 @@ def write_record(folder, record):
     missing = [key for key in RUN_KEYS if key not in record]
     if missing:
         raise ValueError(f"a time-to-accuracy record needs {', '.join(missing)}")
-    name = (f"{slug(record['recipe'])}-{slug(record['model'])}-{slug(record['epochs'])}ep-"
-            f"seed{record['seed']}-{slug(record['device'])}.json")
+    name = (
+        f"{slug(record['recipe'])}-{slug(record['model'])}-{slug(record['epochs'])}ep-"
+        f"seed{record['seed']}-{slug(record['device'])}.json"
+    )
     path = Path(folder) / name
     atomic_write_json(path, record)
     return path

@@ -27,8 +27,23 @@ def cifar_dir(tmp_path_factory):
 
 # The small run that test_train, test_resume and test_ddp all compare with (one process, 3 epochs):
 # 105 images in batches of 20 (5 steps an epoch, the last 5 images dropped), a test split of 45.
-SMALL_RUN = ["--synthetic", "--train-size", "105", "--test-size", "45", "--epochs", "3",
-             "--batch-size", "20", "--lr", "0.05", "--seed", "5", "--enable-progress-bar", "false"]
+SMALL_RUN = [
+    "--synthetic",
+    "--train-size",
+    "105",
+    "--test-size",
+    "45",
+    "--epochs",
+    "3",
+    "--batch-size",
+    "20",
+    "--lr",
+    "0.05",
+    "--seed",
+    "5",
+    "--enable-progress-bar",
+    "false",
+]
 
 
 @pytest.fixture(scope="session")
@@ -43,25 +58,51 @@ def small_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """A run folder (last.ckpt, summary.json, ...) from one quick epoch on synthetic data, for the app's tests."""
+    """A run folder (last.ckpt, summary.json, ...) from one quick epoch on synthetic data, for the
+    app's tests."""
     import train
 
     out = tmp_path_factory.mktemp("tiny_run")
-    argv = ["--model", "custom_resnet", "--synthetic", "--train-size", "100", "--test-size", "60", "--epochs", "1",
-            "--batch-size", "50", "--out", str(out), "--enable-progress-bar", "false", "--num-workers", "0"]
+    argv = [
+        "--model",
+        "custom_resnet",
+        "--synthetic",
+        "--train-size",
+        "100",
+        "--test-size",
+        "60",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "50",
+        "--out",
+        str(out),
+        "--enable-progress-bar",
+        "false",
+        "--num-workers",
+        "0",
+    ]
     assert train.main(argv) == 0
     return out
 
 
 def kill_after_first_checkpoint(argv, out, log_path):
-    """Start `python train.py ARGV --out OUT` in a process group of its own and SIGKILL the whole group (every rank,
-    every DataLoader worker) half a second after epoch 1's last.ckpt appeared, i.e. during epoch 2."""
+    """Start `python train.py ARGV --out OUT` in a process group of its own and SIGKILL the whole
+    group (every rank, every DataLoader worker) half a second after epoch 1's last.ckpt appeared,
+    i.e. during epoch 2."""
     with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, "train.py", *argv, "--out", str(out)], cwd=ROOT, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [sys.executable, "train.py", *argv, "--out", str(out)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         started = time.monotonic()
-        while not (Path(out) / "last.ckpt").exists():  # appears whole (atomic rename) once epoch 1 has ended
+        while not (
+            Path(out) / "last.ckpt"
+        ).exists():  # appears whole (atomic rename) once epoch 1 has ended
             assert process.poll() is None, Path(log_path).read_text()[-3000:]
             assert time.monotonic() - started < 600
             time.sleep(0.01)
@@ -89,8 +130,12 @@ def parse_train_args(argv):
 # The figures of a run folder, each with its least size in pixels (width, height) and least number
 # of colours: a blank figure has one, a curve tens (anti-aliased), images of the test split
 # thousands.
-FIGURES = {"curves.png": ((600, 250), 50), "misclassified.png": ((300, 150), 500),
-           "confusion.png": ((600, 300), 100), "gradcam.png": ((600, 300), 1000)}
+FIGURES = {
+    "curves.png": ((600, 250), 50),
+    "misclassified.png": ((300, 150), 500),
+    "confusion.png": ((600, 300), 100),
+    "gradcam.png": ((600, 300), 1000),
+}
 
 
 def figure_pixels(path):

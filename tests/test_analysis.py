@@ -5,8 +5,8 @@ import torch
 import gradcam
 import utils
 from data import CLASSES, make_synthetic
-from utils import channel_stats, denormalize
 from model import build_model, to_input
+from utils import channel_stats, denormalize
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,9 @@ def test_gradcam_overlays_shape_range_and_default_layer(name, images, stats):
     maps = gradcam.gradcam(model, to_input(images[0][:4], *stats), targets[:4], layer)
     assert maps.shape == (4, 32, 32) and maps.dtype == np.float32
     assert maps.min() >= 0 and maps.max() <= 1 and maps.max() > 0
-    overlays = gradcam.gradcam_overlays(model, images[0][:4], targets[:4], *stats, layer,
-                                        batch_size=3)  # two chunks
+    overlays = gradcam.gradcam_overlays(
+        model, images[0][:4], targets[:4], *stats, layer, batch_size=3
+    )  # two chunks
     assert overlays.shape == (4, 32, 32, 3) and overlays.dtype == np.uint8
 
 
@@ -53,12 +54,10 @@ def test_overlay_is_drawn_on_the_de_normalised_rgb_image(images, stats):
     model = build_model("custom_resnet")
     pictures = images[0][:3]
     # image_weight=1: the heat map gets no weight, what is left is the picture it was drawn on
-    plain = gradcam.gradcam_overlays(model, pictures, [0, 1, 2], *stats, "layer2",
-                                     image_weight=1.0)
+    plain = gradcam.gradcam_overlays(model, pictures, [0, 1, 2], *stats, "layer2", image_weight=1.0)
     # RGB order kept, not normalised values
     assert np.abs(plain.astype(int) - pictures.astype(int)).max() <= 1
-    mixed = gradcam.gradcam_overlays(model, pictures, [0, 1, 2], *stats, "layer2",
-                                     image_weight=0.5)
+    mixed = gradcam.gradcam_overlays(model, pictures, [0, 1, 2], *stats, "layer2", image_weight=0.5)
     assert np.abs(mixed.astype(int) - pictures.astype(int)).mean() > 10
 
 
@@ -67,11 +66,13 @@ def test_mistake_overlays_explain_the_predicted_and_the_true_class(images, stats
     pictures, labels = images
     index = np.array([0, 1, 2, 3])
     mistakes = utils.Mistakes(index, (labels[index] + 5) % len(CLASSES), np.full(4, 0.9))
-    for_predicted, for_true = gradcam.mistake_overlays(model, pictures, labels, mistakes, *stats,
-                                                       "layer2", n=3)
+    for_predicted, for_true = gradcam.mistake_overlays(
+        model, pictures, labels, mistakes, *stats, "layer2", n=3
+    )
     assert for_predicted.shape == for_true.shape == (3, 32, 32, 3)
-    one_by_one = gradcam.gradcam_overlays(model, pictures[index[:3]], labels[index[:3]], *stats,
-                                          "layer2")
+    one_by_one = gradcam.gradcam_overlays(
+        model, pictures[index[:3]], labels[index[:3]], *stats, "layer2"
+    )
     np.testing.assert_array_equal(for_true, one_by_one)
     assert not np.array_equal(for_predicted, for_true)
 
@@ -97,6 +98,7 @@ def test_predict_images_matches_predict_over_a_loader(images, stats):
 
     from data import ImageArrayDataset
     from utils import eval_transforms
+
     model = build_model("custom_resnet")
     pictures, labels = images
     dataset = ImageArrayDataset(pictures, labels, eval_transforms(*stats))
@@ -159,6 +161,7 @@ def test_figures_name_the_classes(images):
     assert titles[6] == f"CAM {CLASSES[labels[index[0]]]} (true)"
     fig = utils.plot_misclassified(pictures, labels, mistakes, CLASSES, n=4)
     assert [ax.get_title() for ax in fig.axes if ax.images] == titles[:3] + [
-        utils.mistake_titles(labels, mistakes, CLASSES)[3]]
+        utils.mistake_titles(labels, mistakes, CLASSES)[3]
+    ]
     fig = utils.plot_confusion(utils.confusion_matrix(probs, labels), CLASSES)
     assert [t.get_text() for t in fig.axes[1].get_yticklabels()] == list(CLASSES)

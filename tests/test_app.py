@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import app
-from data import CIFAR10DataModule, CLASSES
+from data import CLASSES, CIFAR10DataModule
 from demo import serving
 from plumbing.checkpointing import SERVING
 
@@ -105,8 +105,9 @@ def test_a_checkpoint_without_serving_record_takes_the_runs_data(tiny_run, tmp_p
     assert len(moved.test_images) == 200 and f"in {cifar_dir}" in moved.data_note
 
 
-@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F",
-                                  "YCbCr"])
+@pytest.mark.parametrize(
+    "mode", ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F", "YCbCr"]
+)
 def test_any_image_mode_becomes_rgb(mode, tmp_path, photo):
     image = Image.open(photo)
     if mode in ("LA", "RGBA"):
@@ -165,13 +166,16 @@ def test_analyse_upload_rejects_bad_settings(demo, photo):
         serving.analyse_upload(demo, photo, "layer2", 1.5)
 
 
-@pytest.mark.parametrize("name, message", [
-    ("notes.txt", "notes.txt is not an image file this app can read"),
-    ("empty.png", "empty.png is not an image file"),
-    ("dot.png", "dot.png is only 1x1 pixels: upload an image of at least 8x8"),
-    ("corrupt.png", "corrupt.png could not be decoded .*damaged or incomplete"),
-    ("huge.png", "huge.png is 9000x9000 .81 M pixels., more than the 50 M pixels"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("notes.txt", "notes.txt is not an image file this app can read"),
+        ("empty.png", "empty.png is not an image file"),
+        ("dot.png", "dot.png is only 1x1 pixels: upload an image of at least 8x8"),
+        ("corrupt.png", "corrupt.png could not be decoded .*damaged or incomplete"),
+        ("huge.png", "huge.png is 9000x9000 .81 M pixels., more than the 50 M pixels"),
+    ],
+)
 def test_bad_uploads_get_a_clear_message(demo, bad_files, name, message):
     with pytest.raises(ValueError, match=message):
         serving.analyse_upload(demo, bad_files / name, "layer2")
@@ -181,8 +185,9 @@ def test_a_6000x6000_upload_works(demo, tmp_path):
     big = Image.new("L", (6000, 6000), 40)
     big.paste(220, (2000, 2000, 4000, 4000))
     big.save(tmp_path / "big.png")
-    probs, overlay, model_input, status = serving.analyse_upload(demo, tmp_path / "big.png",
-                                                                 "layer2")
+    probs, overlay, model_input, status = serving.analyse_upload(
+        demo, tmp_path / "big.png", "layer2"
+    )
     assert "6000x6000 L PNG" in status and overlay.shape == (256, 256, 3)
     assert model_input[128, 128, 0] > 200 and model_input[4, 4, 0] < 60  # the bright centre square
 
@@ -236,8 +241,13 @@ def client(demo, tmp_path_factory):
     from gradio_client import Client
 
     ui = app.build_ui(demo, tmp_path_factory.mktemp("examples"))
-    _, url, _ = ui.launch(server_name="127.0.0.1", server_port=free_port(), quiet=True,
-                          prevent_thread_lock=True, max_file_size=serving.MAX_FILE_SIZE)
+    _, url, _ = ui.launch(
+        server_name="127.0.0.1",
+        server_port=free_port(),
+        quiet=True,
+        prevent_thread_lock=True,
+        max_file_size=serving.MAX_FILE_SIZE,
+    )
     try:
         yield Client(url, verbose=False)
     finally:
@@ -247,17 +257,20 @@ def client(demo, tmp_path_factory):
 def test_launched_app_through_gradio_client(client, photo, bad_files):
     from gradio_client import handle_file
 
-    label, overlay, model_input, status = client.predict(handle_file(str(photo)), "layer2", 0.5,
-                                                         api_name="/analyse")
+    label, overlay, model_input, status = client.predict(
+        handle_file(str(photo)), "layer2", 0.5, api_name="/analyse"
+    )
     assert label["label"] in CLASSES and len(label["confidences"]) == serving.TOP_K
     assert Image.open(overlay).size == (256, 256) and Image.open(model_input).size == (256, 256)
     assert f"**{label['label']}**" in status
-    label, overlay, _, status = client.predict(handle_file(str(bad_files / "corrupt.png")),
-                                               "layer2", 0.5, api_name="/analyse")
+    label, overlay, _, status = client.predict(
+        handle_file(str(bad_files / "corrupt.png")), "layer2", 0.5, api_name="/analyse"
+    )
     assert overlay is None
     assert status.startswith("**Could not use this upload:** corrupt.png could not be decoded")
-    label, _, _, status = client.predict(handle_file(str(photo)), "layer3", 0.3,
-                                         api_name="/analyse")
+    label, _, _, status = client.predict(
+        handle_file(str(photo)), "layer3", 0.3, api_name="/analyse"
+    )
     assert label["label"] in CLASSES  # still serving after the bad upload
     gallery, status = client.predict(4, "predicted class", "layer1", 0.5, api_name="/mistakes")
     assert len(gallery) == 4 and " → " in gallery[0]["caption"]

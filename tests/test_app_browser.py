@@ -1,5 +1,6 @@
 """End to end in a real browser: `python app.py` on localhost, driven by headless Debian chromium
 via playwright."""
+
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from PIL import Image
 from data import CLASSES
 from tests.conftest import ROOT
 from tests.test_app import free_port
+
 # Debian's chromium, as for the README's screenshot (not playwright's own browser download)
 from tools.screenshot_app import CHROMIUM, CHROMIUM_ARGS
 
@@ -29,8 +31,9 @@ def browser():
 
     expect.set_options(timeout=TIMEOUT_MS)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                             args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
         yield browser
         browser.close()
 
@@ -40,23 +43,35 @@ def app_url(tiny_run, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("app") / "app.log"
     with open(log, "w") as output:
-        process = subprocess.Popen([sys.executable, "app.py", "--checkpoint",
-                                    str(tiny_run / "last.ckpt"), "--port", str(port)],
-                                   cwd=ROOT, stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "app.py",
+                "--checkpoint",
+                str(tiny_run / "last.ckpt"),
+                "--port",
+                str(port),
+            ],
+            cwd=ROOT,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 300
         while True:
             if process.poll() is not None:
-                pytest.fail(f"app.py exited with status {process.returncode}:\n"
-                            f"{log.read_text()[-3000:]}")
+                pytest.fail(
+                    f"app.py exited with status {process.returncode}:\n{log.read_text()[-3000:]}"
+                )
             try:
                 urllib.request.urlopen(url, timeout=5)
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    pytest.fail(f"app.py did not answer on {url} within 300 s:\n"
-                                f"{log.read_text()[-3000:]}")
+                    pytest.fail(
+                        f"app.py did not answer on {url} within 300 s:\n{log.read_text()[-3000:]}"
+                    )
                 time.sleep(0.5)
         yield url
     finally:

@@ -1,5 +1,6 @@
-"""Atomic writes under SIGKILL, per-epoch seeding, epoch-keyed shuffling and augmentation, checkpoint loading and
-the LR finder on a diverging model."""
+"""Atomic writes under SIGKILL, per-epoch seeding, epoch-keyed shuffling and augmentation,
+checkpoint loading and the LR finder on a diverging model."""
+
 import json
 import multiprocessing
 import os
@@ -20,31 +21,43 @@ from data import CIFAR10DataModule
 from lit_classifier import LitClassifier, load_classifier
 from lr_finder import SKIP_START, find_lr
 from plumbing.checkpointing import AtomicCheckpointIO, SeedEachEpoch
-from plumbing.files import (FILE_MODE, atomic_write_json, atomic_write_text,
-                            remove_stale_temporary_files)
+from plumbing.files import (
+    FILE_MODE,
+    atomic_write_json,
+    atomic_write_text,
+    remove_stale_temporary_files,
+)
 from tests.conftest import lowest_loss_lr
 
-WEIGHTS = 2_000_000  # 8 MB of float32 per checkpoint: a write takes long enough for kills to land inside it
+WEIGHTS = 2_000_000  # 8 MB of float32 per checkpoint: a write lasts long enough to be killed
 ROWS = 20_000
 
 
 def write_forever(folder):
-    """The writer that gets killed: last.ckpt through the Trainer's CheckpointIO, summary.json and metrics.csv as
-    train.py writes them, over and over, each version recognisable by its step number throughout."""
+    """The writer that gets killed: last.ckpt through the Trainer's CheckpointIO, summary.json and
+    metrics.csv as train.py writes them, over and over, each version recognisable by its step number
+    throughout."""
     torch.set_num_threads(1)  # a forked child; as in DataLoader workers
     io = AtomicCheckpointIO()
     step = 0
     while True:
         step += 1
-        io.save_checkpoint({"step": step, "weights": torch.full((WEIGHTS,), float(step))}, folder / "last.ckpt")
+        io.save_checkpoint(
+            {"step": step, "weights": torch.full((WEIGHTS,), float(step))}, folder / "last.ckpt"
+        )
         atomic_write_json(folder / "summary.json", {"step": step, "values": [step] * ROWS})
-        atomic_write_text(folder / "metrics.csv", "epoch,loss\n" + "".join(f"{i},{step}\n" for i in range(ROWS)))
+        atomic_write_text(
+            folder / "metrics.csv", "epoch,loss\n" + "".join(f"{i},{step}\n" for i in range(ROWS))
+        )
 
 
 def read_back(folder):
-    """The step of each file, asserting each is complete: one whole version, old or new, never a mix or a stub."""
+    """The step of each file, asserting each is complete: one whole version, old or new, never a mix
+    or a stub."""
     checkpoint = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)
-    assert checkpoint["weights"].shape == (WEIGHTS,) and bool((checkpoint["weights"] == checkpoint["step"]).all())
+    assert checkpoint["weights"].shape == (WEIGHTS,) and bool(
+        (checkpoint["weights"] == checkpoint["step"]).all()
+    )
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["values"] == [summary["step"]] * ROWS
     lines = (folder / "metrics.csv").read_text().splitlines()
@@ -62,7 +75,10 @@ def test_files_survive_sigkill_at_random_moments(tmp_path):
         try:
             if kill == 0:  # the first kill comes once every file has an old version to fall back on
                 deadline = time.monotonic() + 120
-                while not all((tmp_path / name).exists() for name in ("last.ckpt", "summary.json", "metrics.csv")):
+                while not all(
+                    (tmp_path / name).exists()
+                    for name in ("last.ckpt", "summary.json", "metrics.csv")
+                ):
                     assert time.monotonic() < deadline and writer.is_alive()
                     time.sleep(0.01)
             time.sleep(rng.uniform(0.05, 0.5))
@@ -71,10 +87,18 @@ def test_files_survive_sigkill_at_random_moments(tmp_path):
             writer.join(timeout=60)
         assert writer.exitcode == -signal.SIGKILL
         steps.append(read_back(tmp_path))
-    assert len(set(steps)) > 1, steps  # the writer got somewhere between kills: the kills hit different writes
+    assert len(set(steps)) > 1, (
+        steps
+    )  # the writer got somewhere between kills: the kills hit different writes
     remove_stale_temporary_files(tmp_path)  # what a killed write leaves: .last.ckpt.xxxx.tmp etc.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "metrics.csv", "summary.json"]
-    assert (tmp_path / "summary.json").stat().st_mode & 0o777 == FILE_MODE  # not mkstemp's private 0600
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "last.ckpt",
+        "metrics.csv",
+        "summary.json",
+    ]
+    assert (
+        tmp_path / "summary.json"
+    ).stat().st_mode & 0o777 == FILE_MODE  # not mkstemp's private 0600
 
 
 def test_train_py_writes_its_checkpoints_through_atomic_io(tmp_path, monkeypatch):
@@ -86,9 +110,30 @@ def test_train_py_writes_its_checkpoints_through_atomic_io(tmp_path, monkeypatch
         return original(self, checkpoint, path, storage_options)
 
     monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", recording_save)
-    assert train.main(["--synthetic", "--train-size", "20", "--test-size", "10", "--epochs", "2",
-                       "--batch-size", "10", "--lr", "0.05", "--out", str(tmp_path),
-                       "--enable-progress-bar", "false", "--num-workers", "0"]) == 0
+    assert (
+        train.main(
+            [
+                "--synthetic",
+                "--train-size",
+                "20",
+                "--test-size",
+                "10",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "10",
+                "--lr",
+                "0.05",
+                "--out",
+                str(tmp_path),
+                "--enable-progress-bar",
+                "false",
+                "--num-workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     last = str(tmp_path / "last.ckpt")
     assert saved == [(0, last), (1, last)]  # after every epoch
 
@@ -102,7 +147,9 @@ class Draws(pl.LightningModule):
         self.draws = []
 
     def training_step(self, batch, batch_idx):
-        self.draws.append((self.current_epoch, torch.rand(()).item(), float(np.random.rand()), random.random()))
+        self.draws.append(
+            (self.current_epoch, torch.rand(()).item(), float(np.random.rand()), random.random())
+        )
         return self.layer(batch[0]).pow(2).mean()
 
     def configure_optimizers(self):
@@ -111,9 +158,18 @@ class Draws(pl.LightningModule):
 
 def fit_draws(epochs, ckpt_path=None):
     module = Draws()
-    trainer = pl.Trainer(max_epochs=epochs, callbacks=[SeedEachEpoch(7)], logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
-    trainer.fit(module, DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4), ckpt_path=ckpt_path)
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        callbacks=[SeedEachEpoch(7)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(
+        module, DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4), ckpt_path=ckpt_path
+    )
     return module, trainer
 
 
@@ -128,8 +184,9 @@ def test_each_epoch_draws_the_same_numbers_after_a_resume(tmp_path):
 
 
 def augmented_batches(num_workers, epoch):
-    datamodule = CIFAR10DataModule(synthetic=True, train_size=40, test_size=10, batch_size=8, seed=3,
-                                   num_workers=num_workers)
+    datamodule = CIFAR10DataModule(
+        synthetic=True, train_size=40, test_size=10, batch_size=8, seed=3, num_workers=num_workers
+    )
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
     loader.sampler.set_epoch(epoch)
@@ -137,23 +194,42 @@ def augmented_batches(num_workers, epoch):
 
 
 def test_shuffle_and_augmentation_depend_only_on_seed_and_epoch():
-    in_process, with_workers, next_epoch = augmented_batches(0, 1), augmented_batches(2, 1), augmented_batches(0, 2)
+    in_process, with_workers, next_epoch = (
+        augmented_batches(0, 1),
+        augmented_batches(2, 1),
+        augmented_batches(0, 2),
+    )
     for (images, labels), (images_w, labels_w) in zip(in_process, with_workers, strict=True):
         assert torch.equal(images, images_w) and torch.equal(labels, labels_w)
-    assert not torch.equal(in_process[0][0], next_epoch[0][0])  # another epoch: another order, other crops
-    # the same image in two epochs is augmented differently, in one epoch identically however it is loaded
-    assert not torch.equal(torch.cat([b[0] for b in in_process]).sum((1, 2, 3)).sort().values,
-                           torch.cat([b[0] for b in next_epoch]).sum((1, 2, 3)).sort().values)
+    assert not torch.equal(
+        in_process[0][0], next_epoch[0][0]
+    )  # another epoch: another order, other crops
+    # the same image in two epochs is augmented differently, in one epoch identically however it is
+    # loaded
+    assert not torch.equal(
+        torch.cat([b[0] for b in in_process]).sum((1, 2, 3)).sort().values,
+        torch.cat([b[0] for b in next_epoch]).sum((1, 2, 3)).sort().values,
+    )
 
 
-# ------------------------------------------------------------------------------------------------ checkpoint loading
+# -----------------------------------------------------------------------------------------------
+# checkpoint loading
 @pytest.fixture(scope="module")
 def resnet18_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "resnet18.ckpt"
     lit = LitClassifier("resnet18", lr=0.05)
-    datamodule = CIFAR10DataModule(synthetic=True, train_size=20, test_size=10, batch_size=10, num_workers=0)
-    trainer = pl.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    datamodule = CIFAR10DataModule(
+        synthetic=True, train_size=20, test_size=10, batch_size=10, num_workers=0
+    )
+    trainer = pl.Trainer(
+        max_steps=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     trainer.fit(lit, datamodule=datamodule)
     trainer.save_checkpoint(path)
     return path, lit
@@ -175,11 +251,20 @@ def test_load_classifier_refuses_the_other_architecture(resnet18_checkpoint):
         load_classifier(path, expected_model="custom_resnet")
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda data: data[: len(data) // 2], "is not a readable checkpoint: the file is truncated or corrupt"),
-    (lambda data: data[:100], "is not a readable checkpoint: the file is truncated or corrupt"),
-    (lambda data: b"<html>404 not found</html>", "is not a readable checkpoint: the file is truncated or corrupt"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (
+            lambda data: data[: len(data) // 2],
+            "is not a readable checkpoint: the file is truncated or corrupt",
+        ),
+        (lambda data: data[:100], "is not a readable checkpoint: the file is truncated or corrupt"),
+        (
+            lambda data: b"<html>404 not found</html>",
+            "is not a readable checkpoint: the file is truncated or corrupt",
+        ),
+    ],
+)
 def test_load_classifier_refuses_a_damaged_file(resnet18_checkpoint, tmp_path, damage, message):
     path = tmp_path / "damaged.ckpt"
     path.write_bytes(damage(resnet18_checkpoint[0].read_bytes()))
@@ -194,8 +279,9 @@ def test_load_classifier_refuses_foreign_checkpoints(resnet18_checkpoint, tmp_pa
     with pytest.raises(ValueError, match="is not a checkpoint written by train.py"):
         load_classifier(path)
     torch.save(nn.Linear(2, 2), path)  # a whole pickled module, as torch.save(model) writes
-    with pytest.raises(ValueError,
-                       match="holds Python objects other than tensors and plain containers"):
+    with pytest.raises(
+        ValueError, match="holds Python objects other than tensors and plain containers"
+    ):
         load_classifier(path)
     checkpoint = torch.load(resnet18_checkpoint[0], map_location="cpu", weights_only=True)
     checkpoint["hyper_parameters"]["model_name"] = "custom_resnet"  # label and weights disagree
@@ -206,9 +292,11 @@ def test_load_classifier_refuses_foreign_checkpoints(resnet18_checkpoint, tmp_pa
         load_classifier(tmp_path / "missing.ckpt")
 
 
-# ------------------------------------------------------------------------------------------------------ LR finder
+# -----------------------------------------------------------------------------------------------
+# LR finder
 class Exp(nn.Module):
-    """exp() of the logits: fine at small learning rates, inf and then NaN loss once the weights grow."""
+    """exp() of the logits: fine at small learning rates, inf and then NaN loss once the weights
+    grow."""
 
     def forward(self, x):
         return torch.exp(x)

@@ -109,8 +109,9 @@ def test_balanced_subset():
 
 
 def test_datamodule_synthetic_batches():
-    dm = CIFAR10DataModule(synthetic=True, train_size=100, test_size=50, batch_size=16,
-                           num_workers=0)
+    dm = CIFAR10DataModule(
+        synthetic=True, train_size=100, test_size=50, batch_size=16, num_workers=0
+    )
     dm.prepare_data()
     dm.setup("fit")
     images, labels = next(iter(dm.train_dataloader()))
@@ -133,12 +134,17 @@ def test_missing_folder_without_network_is_a_clear_error(tmp_path):
         data.download_cifar10(tmp_path, url="http://127.0.0.1:9/cifar-10-python.tar.gz")
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"not a pickle at all", "not a readable CIFAR-10 batch"),
-    (pickle.dumps({"something": 1}), "expected a dict with 'data' and 'labels'"),
-    (pickle.dumps({"data": np.zeros((2, 10), np.uint8), "labels": [0, 1]}),
-     "expected uint8 \\(N, 3072\\)"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"not a pickle at all", "not a readable CIFAR-10 batch"),
+        (pickle.dumps({"something": 1}), "expected a dict with 'data' and 'labels'"),
+        (
+            pickle.dumps({"data": np.zeros((2, 10), np.uint8), "labels": [0, 1]}),
+            "expected uint8 \\(N, 3072\\)",
+        ),
+    ],
+)
 def test_malformed_batch_is_named(tmp_path, content, message):
     path = tmp_path / "data_batch_1"
     path.write_bytes(content)

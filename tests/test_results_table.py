@@ -1,4 +1,5 @@
 """The README tables come from the result files alone (fixture files here, made up for the test)."""
+
 import json
 
 import pytest
@@ -11,37 +12,69 @@ README = f"# Title\n\n## Results\n\n{BEGIN}\nold table\n{END}\n\n## After\ntext\
 
 
 def run_record(seed, acc, tta, wall, recipe="dawn", device="Test GPU"):
-    return {"kind": "time_to_accuracy", "recipe": recipe, "model": "custom_resnet", "epochs": 24,
-            "batch_size": 512, "seed": seed, "device": device, "data": "CIFAR-10 (JPEG offline copy)",
-            "train_images": 50000, "test_images": 10000, "augment_on": "device",
-            "channels_last": True,
-            "precision": "bf16-mixed", "compile": False, "test_acc": acc, "test_acc_tta": tta,
-            "wall_seconds": wall, "train_seconds": wall - 3,
-            "torch": "2.11.0"}
+    return {
+        "kind": "time_to_accuracy",
+        "recipe": recipe,
+        "model": "custom_resnet",
+        "epochs": 24,
+        "batch_size": 512,
+        "seed": seed,
+        "device": device,
+        "data": "CIFAR-10 (JPEG offline copy)",
+        "train_images": 50000,
+        "test_images": 10000,
+        "augment_on": "device",
+        "channels_last": True,
+        "precision": "bf16-mixed",
+        "compile": False,
+        "test_acc": acc,
+        "test_acc_tta": tta,
+        "wall_seconds": wall,
+        "train_seconds": wall - 3,
+        "torch": "2.11.0",
+    }
 
 
-BENCH = {"kind": "throughput", "model": "custom_resnet", "batch_size": 64, "device": "Test CPU",
-         "augment_on": "loader", "num_workers": 0, "precision": "32-true", "channels_last": False,
-         "pipeline_images_per_second": 45.5,
-         "bare_images_per_second": 50.0, "ratio": 0.91, "median_round_ratio": 0.925, "load_before": [1.5, 1, 1],
-         "load_after": [2.25, 1, 1]}
+BENCH = {
+    "kind": "throughput",
+    "model": "custom_resnet",
+    "batch_size": 64,
+    "device": "Test CPU",
+    "augment_on": "loader",
+    "num_workers": 0,
+    "precision": "32-true",
+    "channels_last": False,
+    "pipeline_images_per_second": 45.5,
+    "bare_images_per_second": 50.0,
+    "ratio": 0.91,
+    "median_round_ratio": 0.925,
+    "load_before": [1.5, 1, 1],
+    "load_after": [2.25, 1, 1],
+}
 
 
 @pytest.fixture
 def results_dir(tmp_path):
     folder = tmp_path / "results"
-    for seed, (acc, tta, wall) in enumerate([(0.94, 0.945, 20.0), (0.95, 0.955, 22.0), (0.96, 0.965, 24.0)]):
+    for seed, (acc, tta, wall) in enumerate(
+        [(0.94, 0.945, 20.0), (0.95, 0.955, 22.0), (0.96, 0.965, 24.0)]
+    ):
         records.write_record(folder, run_record(seed, acc, tta, wall))
     records.write_record(folder, run_record(0, 0.9, None, 30.0, recipe="course"))
-    records.write_record(folder, {**run_record(1, 0.93, 0.94, 4.0, recipe="airbench94"),
-                                        "tta": "mirror+translate"})
+    records.write_record(
+        folder, {**run_record(1, 0.93, 0.94, 4.0, recipe="airbench94"), "tta": "mirror+translate"}
+    )
     (folder / "bench_cpu_test.json").write_text(json.dumps(BENCH))
     return folder
 
 
 def test_one_row_per_setting_with_mean_and_spread_over_seeds(results_dir):
     rows = results_table.run_rows(results_table.load_records(results_dir)["time_to_accuracy"])
-    assert [(r["recipe"], r["seeds"]) for r in rows] == [("airbench94", 1), ("course", 1), ("dawn", 3)]
+    assert [(r["recipe"], r["seeds"]) for r in rows] == [
+        ("airbench94", 1),
+        ("course", 1),
+        ("dawn", 3),
+    ]
     assert rows[0]["test_acc_tta"] == "94.00 (mirror+translate)"
     rows = rows[1:]
     dawn = rows[1]
@@ -50,18 +83,24 @@ def test_one_row_per_setting_with_mean_and_spread_over_seeds(results_dir):
     assert rows[0]["test_acc"] == "90.00" and rows[0]["test_acc_tta"] == ""
 
 
-def test_readme_gets_both_tables_between_the_markers_and_nothing_else_changes(results_dir, tmp_path):
+def test_readme_gets_both_tables_between_the_markers_and_nothing_else_changes(
+    results_dir, tmp_path
+):
     readme = tmp_path / "README.md"
     readme.write_text(README)
     assert results_table.main(["--results-dir", str(results_dir), "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert "old table" not in text and text.startswith("# Title\n\n## Results\n\n" + BEGIN)
     assert text.endswith(END + "\n\n## After\ntext\n")
-    assert ("| dawn | custom_resnet | 24 | 3 | 95.00 ± 1.00 | 95.50 ± 1.00 | 22.0 ± 2.0 | "
-            "Test GPU | CIFAR-10 (JPEG offline copy) | device, bf16-mixed, channels-last | "
-            "2.11.0 |") in text
-    assert ("| Test CPU | custom_resnet | 64 | loader (0) | 32-true | no | 45.5 | 50.0 | 0.910 | "
-            "0.925 | 1.50 / 2.25 |") in text
+    assert (
+        "| dawn | custom_resnet | 24 | 3 | 95.00 ± 1.00 | 95.50 ± 1.00 | 22.0 ± 2.0 | "
+        "Test GPU | CIFAR-10 (JPEG offline copy) | device, bf16-mixed, channels-last | "
+        "2.11.0 |"
+    ) in text
+    assert (
+        "| Test CPU | custom_resnet | 64 | loader (0) | 32-true | no | 45.5 | 50.0 | 0.910 | "
+        "0.925 | 1.50 / 2.25 |"
+    ) in text
     assert results_table.main(["--results-dir", str(results_dir), "--readme", str(readme)]) == 0
     assert readme.read_text() == text  # regenerating is idempotent
 
@@ -101,5 +140,9 @@ def test_the_committed_records_give_the_committed_readme_tables(tmp_path):
 
     readme = tmp_path / "README.md"
     readme.write_text((ROOT / "README.md").read_text())
-    assert results_table.main(["--results-dir", str(ROOT / "results"), "--readme", str(readme)]) == 0
-    assert readme.read_text() == (ROOT / "README.md").read_text(), "run python tools/results_table.py"
+    assert (
+        results_table.main(["--results-dir", str(ROOT / "results"), "--readme", str(readme)]) == 0
+    )
+    assert readme.read_text() == (ROOT / "README.md").read_text(), (
+        "run python tools/results_table.py"
+    )

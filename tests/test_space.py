@@ -1,5 +1,6 @@
 """The self-contained checkpoint and `app.py --export-space`: a Hugging Face Space folder that runs
 on its own."""
+
 import ast
 import json
 import os
@@ -46,7 +47,11 @@ def test_the_checkpoint_records_what_serving_needs(tiny_run):
     assert record["test_acc_tta"] == summary["test_acc_tta"]
     assert record["classes"] == CLASSES and len(record["mean"]) == len(record["std"]) == 3
     assert (record["model_name"], record["recipe"], record["epochs"], record["data"]) == (
-        "custom_resnet", "dawn", 1, "synthetic")
+        "custom_resnet",
+        "dawn",
+        1,
+        "synthetic",
+    )
     assert record["device"] == summary["device"]
     assert 0 < record["train_seconds"] <= summary["train_seconds"]
     assert load_classifier(tiny_run / "last.ckpt").hparams.model_name == "custom_resnet"
@@ -54,17 +59,32 @@ def test_the_checkpoint_records_what_serving_needs(tiny_run):
 
 def test_export_writes_a_complete_space(exported):
     names = {str(path.relative_to(exported)) for path in exported.rglob("*") if path.is_file()}
-    assert {"app.py", "model.py", "gradcam.py", "demo/__init__.py", "demo/serving.py",
-            "model.safetensors", "serving.json", "README.md", "requirements.txt"} <= names
+    assert {
+        "app.py",
+        "model.py",
+        "gradcam.py",
+        "demo/__init__.py",
+        "demo/serving.py",
+        "model.safetensors",
+        "serving.json",
+        "README.md",
+        "requirements.txt",
+    } <= names
     assert len([name for name in names if name.startswith("examples/")]) == space.EXAMPLES
     assert space.folder_bytes(exported) < 60e6
     readme = (exported / "README.md").read_text()
     front = yaml.safe_load(readme.split("---\n")[1])
-    requirements = [line for line in (exported / "requirements.txt").read_text().splitlines()
-                    if line and not line.startswith("#")]
+    requirements = [
+        line
+        for line in (exported / "requirements.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
     options = [line for line in requirements if line.startswith("-")]
-    pins = {Requirement(line).name: str(Requirement(line).specifier) for line in requirements
-            if line not in options}
+    pins = {
+        Requirement(line).name: str(Requirement(line).specifier)
+        for line in requirements
+        if line not in options
+    }
     assert options == [f"--extra-index-url {space.CPU_WHEELS}"]
     assert front["sdk"] == "gradio" and front["app_file"] == "app.py" and front["title"]
     assert front["sdk_version"] == gradio.__version__
@@ -74,9 +94,15 @@ def test_export_writes_a_complete_space(exported):
     assert all(pin.startswith("==") for pin in pins.values())
     assert pins["torch"].endswith("+cpu") and not LEFT_OUT & set(pins)
     record = json.loads((exported / "serving.json").read_text())
-    for text in ("6,573,130 parameters", f"{record['test_acc']:.2%} on 60 test images",
-                 "| Data | synthetic |", "| Recipe | dawn (", "| Epochs | 1 |",
-                 "| Trained on | CPU", "float16 safetensors"):
+    for text in (
+        "6,573,130 parameters",
+        f"{record['test_acc']:.2%} on 60 test images",
+        "| Data | synthetic |",
+        "| Recipe | dawn (",
+        "| Epochs | 1 |",
+        "| Trained on | CPU",
+        "float16 safetensors",
+    ):
         assert text in readme, text
 
 
@@ -98,17 +124,23 @@ def test_the_exported_app_runs_without_the_project(exported, tmp_path):
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     # What the Space imports (no Lightning, no albumentations, not the project), then
     # `python app.py` in the same process: one start-up of torch and Gradio instead of two.
-    probe = ("import runpy, sys, app\nfrom demo.serving import build_ui, load_exported\n"
-             "build_ui(load_exported(app.HERE))\n"
-             "try:\n    import train\nexcept ImportError:\n    print('no project')\n"
-             "print(sorted({name.split('.')[0] for name in sys.modules}), flush=True)\n"
-             "runpy.run_path('app.py', run_name='__main__')")
+    probe = (
+        "import runpy, sys, app\nfrom demo.serving import build_ui, load_exported\n"
+        "build_ui(load_exported(app.HERE))\n"
+        "try:\n    import train\nexcept ImportError:\n    print('no project')\n"
+        "print(sorted({name.split('.')[0] for name in sys.modules}), flush=True)\n"
+        "runpy.run_path('app.py', run_name='__main__')"
+    )
     port = free_port()
     log = tmp_path / "app.log"
     with open(log, "w") as output:
-        process = subprocess.Popen([sys.executable, "-c", probe], cwd=folder,
-                                   env={**env, "GRADIO_SERVER_PORT": str(port)}, stdout=output,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-c", probe],
+            cwd=folder,
+            env={**env, "GRADIO_SERVER_PORT": str(port)},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 300
@@ -154,11 +186,12 @@ def test_bad_exports_get_one_error_line_and_leave_nothing(tiny_run, tmp_path, ca
     unserved = torch.load(ckpt, weights_only=True)
     del unserved[SERVING]
     torch.save(unserved, tmp_path / "notebook.ckpt")  # as a notebook's, and no data beside it
-    cases = [(tmp_path / "full", ckpt, "exists and is not empty"),
-             (tmp_path / "a_file" / "space", ckpt, "cannot be written"),
-             (tmp_path / "new1", tmp_path / "other.ckpt",
-              "is not a checkpoint written by train.py"),
-             (tmp_path / "new2", tmp_path / "notebook.ckpt", "has no serving record")]
+    cases = [
+        (tmp_path / "full", ckpt, "exists and is not empty"),
+        (tmp_path / "a_file" / "space", ckpt, "cannot be written"),
+        (tmp_path / "new1", tmp_path / "other.ckpt", "is not a checkpoint written by train.py"),
+        (tmp_path / "new2", tmp_path / "notebook.ckpt", "has no serving record"),
+    ]
     for dest, checkpoint, message in cases:
         assert export(dest, "--checkpoint", checkpoint) == 2
         err = capsys.readouterr().err
@@ -168,5 +201,9 @@ def test_bad_exports_get_one_error_line_and_leave_nothing(tiny_run, tmp_path, ca
     assert export(tmp_path / "new3", "--checkpoint", ckpt) == 2
     assert "more than 1 MB" in capsys.readouterr().err
     # no new* folders, no temporary ones
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["a_file", "full", "notebook.ckpt",
-                                                                "other.ckpt"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "a_file",
+        "full",
+        "notebook.ckpt",
+        "other.ckpt",
+    ]

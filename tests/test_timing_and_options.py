@@ -1,6 +1,7 @@
 """What train_seconds counts, the dropped last batch, OneCycle's step count, and what each option
 does to a run: label smoothing, logit scale, cutout, flip TTA, channels-last, where augmentation
 runs, validating and checkpointing only after the last epoch (a timed run)."""
+
 from types import SimpleNamespace
 
 import albumentations as A
@@ -13,15 +14,21 @@ from torch.utils.data import DataLoader, TensorDataset
 import train
 from data import CIFAR10DataModule
 from lit_classifier import LitClassifier
-from plumbing import checkpointing
+from plumbing import checkpointing, hardware
 from tests.conftest import parse_train_args
 
-QUIET = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-             enable_checkpointing=False)
+QUIET = dict(
+    logger=False,
+    enable_progress_bar=False,
+    enable_model_summary=False,
+    accelerator="cpu",
+    enable_checkpointing=False,
+)
 
 
 class Tiny(pl.LightningModule):
-    """Linear + BatchNorm on 4 features; each step may advance a fake clock (see test_train_seconds_...)."""
+    """Linear + BatchNorm on 4 features; each step may advance a fake clock (see
+    test_train_seconds_...)."""
 
     def __init__(self, clock=None):
         super().__init__()
@@ -43,17 +50,27 @@ class Tiny(pl.LightningModule):
 
 def loader():
     torch.manual_seed(0)
-    return DataLoader(TensorDataset(torch.randn(24, 4)), batch_size=4)  # 6 steps per epoch, fixed order
+    return DataLoader(
+        TensorDataset(torch.randn(24, 4)), batch_size=4
+    )  # 6 steps per epoch, fixed order
 
 
 def test_train_seconds_count_training_steps_only(monkeypatch):
     clock = SimpleNamespace(now=0.0)
     monkeypatch.setattr(checkpointing.time, "perf_counter", lambda: clock.now)
     record = checkpointing.RunRecord({})
-    trainer = pl.Trainer(max_epochs=3, callbacks=[record], num_sanity_val_steps=2, limit_val_batches=2, **QUIET)
+    trainer = pl.Trainer(
+        max_epochs=3, callbacks=[record], num_sanity_val_steps=2, limit_val_batches=2, **QUIET
+    )
     trainer.fit(Tiny(clock), loader(), loader())
-    assert record.epoch_seconds == [6, 6, 6]  # 6 steps each; the validations inside the epochs are taken out
-    assert record.eval_seconds == 100 * (2 + 3 * 2)  # the sanity check's 2 batches, then 2 per epoch
+    assert record.epoch_seconds == [
+        6,
+        6,
+        6,
+    ]  # 6 steps each; the validations inside the epochs are taken out
+    assert record.eval_seconds == 100 * (
+        2 + 3 * 2
+    )  # the sanity check's 2 batches, then 2 per epoch
     assert record.train_seconds() == 18 and record.warmup_seconds() == 0
 
 
@@ -67,25 +84,38 @@ def test_warmup_is_what_each_sessions_first_epoch_took_beyond_the_typical_one():
 
 def test_training_drops_the_last_partial_batch_on_both_paths_and_evaluation_keeps_it():
     for path in ("loader", "device"):
-        dm = CIFAR10DataModule(synthetic=True, train_size=100, test_size=30, batch_size=32, num_workers=0,
-                               augment_on=path)
+        dm = CIFAR10DataModule(
+            synthetic=True,
+            train_size=100,
+            test_size=30,
+            batch_size=32,
+            num_workers=0,
+            augment_on=path,
+        )
         dm.setup()
         batches = list(dm.train_dataloader())
-        assert len(dm.train_dataloader()) == 3 and [len(b[1]) for b in batches] == [32, 32, 32], path
+        assert len(dm.train_dataloader()) == 3 and [len(b[1]) for b in batches] == [32, 32, 32], (
+            path
+        )
         assert sum(len(b[1]) for b in dm.test_dataloader()) == 30, path
 
 
 def test_a_batch_larger_than_the_training_set_is_a_clear_error():
-    dm = CIFAR10DataModule(synthetic=True, train_size=20, test_size=10, batch_size=32, num_workers=0)
+    dm = CIFAR10DataModule(
+        synthetic=True, train_size=20, test_size=10, batch_size=32, num_workers=0
+    )
     dm.setup()
-    with pytest.raises(ValueError,
-                       match=r"--batch-size 32 is larger than the training set \(20 images\)"):
+    with pytest.raises(
+        ValueError, match=r"--batch-size 32 is larger than the training set \(20 images\)"
+    ):
         dm.train_dataloader()
 
 
 def test_onecycle_counts_the_full_batches_only():
     lit = LitClassifier(lr=0.1)
-    dm = CIFAR10DataModule(synthetic=True, train_size=100, test_size=20, batch_size=32, num_workers=0)
+    dm = CIFAR10DataModule(
+        synthetic=True, train_size=100, test_size=20, batch_size=32, num_workers=0
+    )
     trainer = pl.Trainer(max_epochs=2, limit_val_batches=0, **QUIET)
     trainer.fit(lit, datamodule=dm)
     assert trainer.global_step == 6 and trainer.lr_scheduler_configs[0].scheduler.total_steps == 6
@@ -121,12 +151,39 @@ def options_run(tmp_path_factory):
     """A timed run (validation and last.ckpt after the last epoch only) with every other option
     off its default."""
     out = tmp_path_factory.mktemp("options")
-    settings, trainer_flags = parse_train_args([
-        "--synthetic", "--train-size", "60", "--test-size", "30", "--epochs", "2",
-        "--batch-size", "20", "--lr", "0.1", "--label-smoothing", "0.2", "--logit-scale", "0.5",
-        "--cutout", "4", "--no-tta", "--channels-last", "--augment-on", "loader",
-        "--no-val-every-epoch", "--no-ckpt-every-epoch",
-        "--out", str(out), "--enable-progress-bar", "false", "--num-workers", "0"])
+    settings, trainer_flags = parse_train_args(
+        [
+            "--synthetic",
+            "--train-size",
+            "60",
+            "--test-size",
+            "30",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "20",
+            "--lr",
+            "0.1",
+            "--label-smoothing",
+            "0.2",
+            "--logit-scale",
+            "0.5",
+            "--cutout",
+            "4",
+            "--no-tta",
+            "--channels-last",
+            "--augment-on",
+            "loader",
+            "--no-val-every-epoch",
+            "--no-ckpt-every-epoch",
+            "--out",
+            str(out),
+            "--enable-progress-bar",
+            "false",
+            "--num-workers",
+            "0",
+        ]
+    )
     probe = Probe()
     summary = train.train(settings, trainer_flags, callbacks=[probe])
     return out, summary, probe
@@ -141,20 +198,27 @@ def test_each_option_reaches_the_network_and_the_data(options_run):
     assert datamodule.hparams.augment_on == "loader" and summary["augment_on"] == "loader"
     # channels-last: the weights are stored so, and every training batch reached the network so
     assert probe.channels_last_inputs == {True}
-    assert all(m.weight.is_contiguous(memory_format=torch.channels_last)
-               for m in lit.model.modules() if isinstance(m, nn.Conv2d))
+    assert all(
+        m.weight.is_contiguous(memory_format=torch.channels_last)
+        for m in lit.model.modules()
+        if isinstance(m, nn.Conv2d)
+    )
     assert summary["channels_last"] is True
     hparams = checkpoint(out)["hyper_parameters"]
-    assert [hparams[key] for key in ("label_smoothing", "logit_scale", "tta", "channels_last")] == \
-        [0.2, 0.5, False, True]
+    assert [hparams[key] for key in ("label_smoothing", "logit_scale", "tta", "channels_last")] == [
+        0.2,
+        0.5,
+        False,
+        True,
+    ]
 
 
-def test_channels_last_defaults_to_the_device_data_path_and_can_be_turned_off():
+def test_channels_last_defaults_to_the_machines_fastest_and_can_be_set_either_way():
     quick = ["--synthetic", "--out", "unused", "--accelerator", "cpu"]
-    assert parse_train_args(quick)[0]["channels_last"] is False
-    assert parse_train_args(quick + ["--augment-on", "device"])[0]["channels_last"] is True
-    turned_off = parse_train_args(quick + ["--augment-on", "device", "--no-channels-last"])[0]
-    assert turned_off["channels_last"] is False
+    default = hardware.fast_channels_last(cuda=False)
+    assert parse_train_args(quick)[0]["channels_last"] is default
+    assert parse_train_args(quick + ["--channels-last"])[0]["channels_last"] is True
+    assert parse_train_args(quick + ["--no-channels-last"])[0]["channels_last"] is False
 
 
 def test_without_tta_only_the_single_view_accuracy_is_reported(options_run):

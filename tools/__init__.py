@@ -1,1 +1,2 @@
-"""Developer tools, not lessons: benchmarks, the results tables, the app screenshot and the GPU runs."""
+"""Developer tools, not lessons: benchmarks, the results tables, the app screenshot and the GPU
+runs."""

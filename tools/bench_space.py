@@ -10,6 +10,7 @@ from launching the process to the page's first answer. Uploads (a 640x480 JPEG m
 go through gradio_client's /analyse (top classes + GradCAM). Latency depends on the network, not on
 its weights.
 """
+
 import argparse
 import json
 import os
@@ -29,14 +30,14 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the project's modules, when run as python tools/NAME.py
 
-import app  # noqa: E402
-from data import make_synthetic  # noqa: E402
-from demo.serving import SERVING_RECORD  # noqa: E402
-from demo.space import folder_bytes  # noqa: E402
-from model import DEFAULT_LAYERS  # noqa: E402
-from plumbing.files import atomic_write_json, describe_device  # noqa: E402
-from plumbing.records import SPACE_LATENCY  # noqa: E402
-from tools.bench_app import free_port, timings_ms  # noqa: E402
+import app
+from data import make_synthetic
+from demo.serving import SERVING_RECORD
+from demo.space import folder_bytes
+from model import DEFAULT_LAYERS
+from plumbing.files import atomic_write_json, describe_device
+from plumbing.records import SPACE_LATENCY
+from tools.bench_app import free_port, timings_ms
 
 
 def start(folder, port):
@@ -44,9 +45,13 @@ def start(folder, port):
     on the path."""
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     began = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "app.py"], cwd=folder,
-                               env={**env, "GRADIO_SERVER_PORT": str(port)},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "app.py"],
+        cwd=folder,
+        env={**env, "GRADIO_SERVER_PORT": str(port)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     while True:
         if process.poll() is not None:
             raise SystemExit(f"the exported app exited with status {process.returncode}")
@@ -74,8 +79,12 @@ def measure(folder, photo, layer, starts, repeats):
         try:
             if i == 0:
                 client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-                latency = timings_ms(lambda: client.predict(handle_file(str(photo)), layer, 0.5,
-                                                            api_name="/analyse"), repeats)
+                latency = timings_ms(
+                    lambda: client.predict(
+                        handle_file(str(photo)), layer, 0.5, api_name="/analyse"
+                    ),
+                    repeats,
+                )
         finally:
             stop(process)
     return seconds, latency
@@ -105,9 +114,9 @@ def main(argv=None):
         result = {
             "kind": SPACE_LATENCY,
             "what": "the Space exported by app.py --export-space, run as python app.py with the "
-                    "project off the path: folder size, seconds from starting the process to the "
-                    "page's first answer, and wall-clock ms per upload of a 640x480 JPEG through "
-                    "gradio_client /analyse (top classes + GradCAM at the default layer)",
+            "project off the path: folder size, seconds from starting the process to the "
+            "page's first answer, and wall-clock ms per upload of a 640x480 JPEG through "
+            "gradio_client /analyse (top classes + GradCAM at the default layer)",
             "model": record["model_name"],
             "weights": record["weights"],
             "layer": layer,
@@ -119,8 +128,11 @@ def main(argv=None):
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
             "device": describe_device("cpu"),
             "torch_threads": torch.get_num_threads(),
-            "versions": {"torch": torch.__version__, "gradio": gradio.__version__,
-                         "python": platform.python_version()},
+            "versions": {
+                "torch": torch.__version__,
+                "gradio": gradio.__version__,
+                "python": platform.python_version(),
+            },
         }
     atomic_write_json(args.out, result)
     print(result)

@@ -2,10 +2,11 @@
 
     python tools/clean_notebooks.py [notebooks/*.ipynb]      # default: every notebook in notebooks/
 
-Warnings name the file they come from (.../.venv/lib/python3.12/site-packages/...), and nothing else in an
-output should point into the machine that ran it: such paths become `site-packages/...`, and paths inside this
-repository become relative. tests/test_no_machine_paths.py fails on any that is left.
-"""
+Warnings name the file they come from (.../.venv/lib/python3.12/site-packages/...), and nothing else
+in an output should point into the machine that ran it: such paths become `site-packages/...`, and
+paths inside this repository become relative. tests/test_no_machine_paths.py fails on any that is
+left."""
+
 import re
 import sys
 from pathlib import Path
@@ -14,9 +15,12 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE_PACKAGES = re.compile(r"(?:[A-Za-z]:)?[/\\][^\s'\"()<>]*?[/\\](?:site|dist)-packages[/\\]")
-# What an absolute path of a machine looks like in an output (POSIX homes, temp folders, Colab, Windows drives).
-MACHINE_PATH = re.compile(r"(?<![\w.:/])(?:/(?:root|home|Users|tmp|var|work|content|opt|usr|mnt|private)/|"
-                          r"[A-Za-z]:\\\\?(?:Users|Windows))")
+# What an absolute path of a machine looks like in an output (POSIX homes, temp folders, Colab,
+# Windows drives).
+MACHINE_PATH = re.compile(
+    r"(?<![\w.:/])(?:/(?:root|home|Users|tmp|var|work|content|opt|usr|mnt|private)/|"
+    r"[A-Za-z]:\\\\?(?:Users|Windows))"
+)
 
 
 def clean_text(text, root=ROOT):
@@ -25,7 +29,8 @@ def clean_text(text, root=ROOT):
 
 
 def output_texts(output):
-    """(holder, key) of each text part of one cell output: a stream, a traceback, a text/* representation."""
+    """(holder, key) of each text part of one cell output: a stream, a traceback, a text/*
+    representation."""
     kind = output.get("output_type")
     if kind == "stream":
         yield output, "text"
@@ -44,8 +49,11 @@ def clean(path, root=ROOT):
         for output in cell.get("outputs", []):
             for holder, key in output_texts(output):
                 value = holder[key]
-                new = ([clean_text(line, root) for line in value] if isinstance(value, list)
-                       else clean_text(value, root))
+                new = (
+                    [clean_text(line, root) for line in value]
+                    if isinstance(value, list)
+                    else clean_text(value, root)
+                )
                 if new != value:
                     holder[key] = new
                     changed = True
@@ -62,7 +70,10 @@ def machine_paths(path):
             for holder, key in output_texts(output):
                 value = holder[key]
                 text = "\n".join(value) if isinstance(value, list) else str(value)
-                found += [(number, text[max(0, m.start() - 40):m.end() + 40]) for m in MACHINE_PATH.finditer(text)]
+                found += [
+                    (number, text[max(0, m.start() - 40) : m.end() + 40])
+                    for m in MACHINE_PATH.finditer(text)
+                ]
     return found
 
 
@@ -75,7 +86,10 @@ def main(argv=None):
     left = {path: machine_paths(path) for path in paths}
     for path, found in left.items():
         for number, excerpt in found:
-            print(f"error: {path} cell {number} still shows a machine path: {excerpt!r}", file=sys.stderr)
+            print(
+                f"error: {path} cell {number} still shows a machine path: {excerpt!r}",
+                file=sys.stderr,
+            )
     return 2 if any(left.values()) else 0
 
 

@@ -6,6 +6,7 @@ is typed by hand).
 Two kinds of record: time-to-accuracy runs (train.py --results-dir, tools/airbench_reference.py),
 one file per run, averaged over seeds here; and throughput benchmarks (tools/bench.py).
 """
+
 import argparse
 import json
 import statistics
@@ -15,15 +16,36 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from plumbing.files import atomic_write_text  # noqa: E402
-from plumbing.records import (APP_LATENCY, RUN, RUN_KEYS, SPACE_LATENCY, THROUGHPUT,  # noqa: E402
-                              THROUGHPUT_KEYS)
+from plumbing.files import atomic_write_text
+from plumbing.records import (
+    APP_LATENCY,
+    RUN,
+    RUN_KEYS,
+    SPACE_LATENCY,
+    THROUGHPUT,
+    THROUGHPUT_KEYS,
+)
 
 # Runs that differ only in the seed are one row of the table.
-GROUP_KEYS = ("recipe", "model", "epochs", "batch_size", "device", "data", "train_images",
-              "test_images", "augment_on", "channels_last", "precision", "compile", "torch")
-BEGIN = ("<!-- results tables: written by `python tools/results_table.py` from results/*.json, "
-         "not by hand -->")
+GROUP_KEYS = (
+    "recipe",
+    "model",
+    "epochs",
+    "batch_size",
+    "device",
+    "data",
+    "train_images",
+    "test_images",
+    "augment_on",
+    "channels_last",
+    "precision",
+    "compile",
+    "torch",
+)
+BEGIN = (
+    "<!-- results tables: written by `python tools/results_table.py` from results/*.json, "
+    "not by hand -->"
+)
 END = "<!-- end of results tables -->"
 
 
@@ -37,16 +59,19 @@ def load_records(folder):
             record = json.loads(path.read_text())
             kind = record["kind"]
         except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"{path} is not a results record ({type(error).__name__}: {error}); "
-                             "fix or remove it") from None
+            raise ValueError(
+                f"{path} is not a results record ({type(error).__name__}: {error}); "
+                "fix or remove it"
+            ) from None
         if kind in (APP_LATENCY, SPACE_LATENCY):
             continue
         if kind not in found:
             raise ValueError(f"{path} has kind {kind!r}, expected {RUN!r} or {THROUGHPUT!r}")
         missing = [key for key in needs[kind] if key not in record]
         if missing:
-            raise ValueError(f"{path} lacks {', '.join(missing)}: write it again with the tool "
-                             "that made it")
+            raise ValueError(
+                f"{path} lacks {', '.join(missing)}: write it again with the tool that made it"
+            )
         found[kind].append(record)
     return found
 
@@ -67,23 +92,36 @@ def run_rows(records):
     for runs in groups.values():
         first = runs[0]
         tta = [r["test_acc_tta"] for r in runs if r["test_acc_tta"] is not None]
-        setup = (f"{first['augment_on']}, {first['precision']}"
-                 + (", channels-last" if first["channels_last"] else "")
-                 + (", compiled" if first["compile"] else ""))
+        setup = (
+            f"{first['augment_on']}, {first['precision']}"
+            + (", channels-last" if first["channels_last"] else "")
+            + (", compiled" if first["compile"] else "")
+        )
         whole = first["train_images"] in (50000, None)
         data = first["data"] + ("" if whole else f", {first['train_images']} train")
-        rows.append({
-            "recipe": first["recipe"], "model": first["model"], "epochs": first["epochs"],
-            "device": first["device"], "data": data, "setup": setup, "torch": first["torch"],
-            "seeds": len(runs),
-            "test_acc": mean_sd([r["test_acc"] for r in runs], 100),
-            "test_acc_tta": (mean_sd(tta, 100) + ("" if first.get("tta", "mirror") == "mirror"
-                                                  else f" ({first['tta']})"))
-                            if len(tta) == len(runs) else "",
-            "wall_seconds": mean_sd([r["wall_seconds"] for r in runs], digits=1),
-        })
-    return sorted(rows, key=lambda r: (r["device"], r["data"], r["model"], r["recipe"],
-                                       float(r["epochs"])))
+        rows.append(
+            {
+                "recipe": first["recipe"],
+                "model": first["model"],
+                "epochs": first["epochs"],
+                "device": first["device"],
+                "data": data,
+                "setup": setup,
+                "torch": first["torch"],
+                "seeds": len(runs),
+                "test_acc": mean_sd([r["test_acc"] for r in runs], 100),
+                "test_acc_tta": (
+                    mean_sd(tta, 100)
+                    + ("" if first.get("tta", "mirror") == "mirror" else f" ({first['tta']})")
+                )
+                if len(tta) == len(runs)
+                else "",
+                "wall_seconds": mean_sd([r["wall_seconds"] for r in runs], digits=1),
+            }
+        )
+    return sorted(
+        rows, key=lambda r: (r["device"], r["data"], r["model"], r["recipe"], float(r["epochs"]))
+    )
 
 
 def markdown(columns, rows):
@@ -92,39 +130,67 @@ def markdown(columns, rows):
     return "\n".join(lines)
 
 
-RUN_COLUMNS = (("recipe", "recipe"), ("model", "model"), ("epochs", "epochs"), ("seeds", "seeds"),
-               ("test_acc", "test acc. %"), ("test_acc_tta", "TTA acc. % (mirror unless noted)"),
-               ("wall_seconds", "wall s"), ("device", "device"), ("data", "data"),
-               ("setup", "augmented on, precision"), ("torch", "torch"))
-THROUGHPUT_COLUMNS = (("device", "device"), ("model", "model"), ("batch_size", "batch"),
-                      ("data", "augmented on (workers)"), ("precision", "precision"),
-                      ("layout", "channels-last"), ("pipeline", "pipeline images/s"),
-                      ("bare", "bare loop images/s"), ("ratio", "ratio of the best rounds"),
-                      ("round_ratio", "median ratio per round"),
-                      ("load", "load avg. (1 min) before/after"))
+RUN_COLUMNS = (
+    ("recipe", "recipe"),
+    ("model", "model"),
+    ("epochs", "epochs"),
+    ("seeds", "seeds"),
+    ("test_acc", "test acc. %"),
+    ("test_acc_tta", "TTA acc. % (mirror unless noted)"),
+    ("wall_seconds", "wall s"),
+    ("device", "device"),
+    ("data", "data"),
+    ("setup", "augmented on, precision"),
+    ("torch", "torch"),
+)
+THROUGHPUT_COLUMNS = (
+    ("device", "device"),
+    ("model", "model"),
+    ("batch_size", "batch"),
+    ("data", "augmented on (workers)"),
+    ("precision", "precision"),
+    ("layout", "channels-last"),
+    ("pipeline", "pipeline images/s"),
+    ("bare", "bare loop images/s"),
+    ("ratio", "ratio of the best rounds"),
+    ("round_ratio", "median ratio per round"),
+    ("load", "load avg. (1 min) before/after"),
+)
 
 
 def tables(found):
     """The markdown that goes between the README markers."""
-    parts = ["Time to accuracy: test accuracy after the last epoch, without and with "
-             "test-time augmentation (mean ± standard deviation over seeds); wall seconds of the "
-             "whole run, data loading and testing included."]
+    parts = [
+        "Time to accuracy: test accuracy after the last epoch, without and with "
+        "test-time augmentation (mean ± standard deviation over seeds); wall seconds of the "
+        "whole run, data loading and testing included."
+    ]
     runs = run_rows(found[RUN])
-    parts.append(markdown(RUN_COLUMNS, runs) if runs else
-                 "No runs recorded yet: `tools/gpu_runs.sh` makes them on a GPU.")
-    bench = [{**b, "pipeline": f"{b['pipeline_images_per_second']:.1f}",
-              "bare": f"{b['bare_images_per_second']:.1f}",
-              "data": f"{b['augment_on']} ({b['num_workers']})",
-              "layout": "yes" if b["channels_last"] else "no", "ratio": f"{b['ratio']:.3f}",
-              "round_ratio": f"{b['median_round_ratio']:.3f}",
-              "load": f"{b['load_before'][0]:.2f} / {b['load_after'][0]:.2f}"}
-             for b in sorted(found[THROUGHPUT],
-                             key=lambda b: (b["device"], b["model"], b["batch_size"]))]
+    parts.append(
+        markdown(RUN_COLUMNS, runs)
+        if runs
+        else "No runs recorded yet: `tools/gpu_runs.sh` makes them on a GPU."
+    )
+    bench = [
+        {
+            **b,
+            "pipeline": f"{b['pipeline_images_per_second']:.1f}",
+            "bare": f"{b['bare_images_per_second']:.1f}",
+            "data": f"{b['augment_on']} ({b['num_workers']})",
+            "layout": "yes" if b["channels_last"] else "no",
+            "ratio": f"{b['ratio']:.3f}",
+            "round_ratio": f"{b['median_round_ratio']:.3f}",
+            "load": f"{b['load_before'][0]:.2f} / {b['load_after'][0]:.2f}",
+        }
+        for b in sorted(found[THROUGHPUT], key=lambda b: (b["device"], b["model"], b["batch_size"]))
+    ]
     if bench:
-        parts.append("Throughput (`tools/bench.py`): training images per second of the "
-                     "whole pipeline (Lightning, data path, logging, callbacks) against a bare "
-                     "PyTorch loop over the same model and batch, in alternating rounds of one "
-                     "process; the load average shows how busy the machine was with other work.")
+        parts.append(
+            "Throughput (`tools/bench.py`): training images per second of the "
+            "whole pipeline (Lightning, data path, logging, callbacks) against a bare "
+            "PyTorch loop over the same model and batch, in alternating rounds of one "
+            "process; the load average shows how busy the machine was with other work."
+        )
         parts.append(markdown(THROUGHPUT_COLUMNS, bench))
     return "\n\n".join(parts)
 
@@ -150,8 +216,10 @@ def main(argv=None):
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"{readme}: {len(found[RUN])} runs in {len(run_rows(found[RUN]))} rows, "
-          f"{len(found[THROUGHPUT])} throughput benchmarks")
+    print(
+        f"{readme}: {len(found[RUN])} runs in {len(run_rows(found[RUN]))} rows, "
+        f"{len(found[THROUGHPUT])} throughput benchmarks"
+    )
     return 0
 
 

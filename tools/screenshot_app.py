@@ -7,6 +7,7 @@ gallery of mistakes.
 Launches app.py's UI on localhost and drives it with headless Debian chromium (apt-get install
 chromium) through playwright, as tests/test_app_browser.py does.
 """
+
 import argparse
 import sys
 import tempfile
@@ -15,13 +16,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the project's modules, when run as python tools/NAME.py
 
-import app  # noqa: E402
-from plumbing.files import atomic_write_bytes  # noqa: E402
-from tools.bench_app import free_port  # noqa: E402
+import app
+from plumbing.files import atomic_write_bytes
+from tools.bench_app import free_port
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def screenshot(url, image, overlay_for, count):
@@ -29,8 +36,9 @@ def screenshot(url, image, overlay_for, count):
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                             args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
         page = browser.new_page(viewport={"width": 1400, "height": 1000}, device_scale_factor=1)
         page.set_default_timeout(300_000)
         expect.set_options(timeout=300_000)  # computing the gallery takes a while on a busy CPU
@@ -46,8 +54,9 @@ def screenshot(url, image, overlay_for, count):
         page.mouse.move(0, 0)  # no hover effects in the picture
         bottom = page.locator("#gallery-status").bounding_box()
         height = bottom["y"] + bottom["height"] + 16
-        png = page.screenshot(clip={"x": 0, "y": 0, "width": 1400, "height": height},
-                              full_page=True)
+        png = page.screenshot(
+            clip={"x": 0, "y": 0, "width": 1400, "height": height}, full_page=True
+        )
         browser.close()
     return png
 
@@ -56,11 +65,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--image", required=True, help="the upload shown in the screenshot")
-    parser.add_argument("--overlay", default="predicted class", choices=app.OVERLAY_CHOICES,
-                        help="GradCAM in the gallery of mistakes")
+    parser.add_argument(
+        "--overlay",
+        default="predicted class",
+        choices=app.OVERLAY_CHOICES,
+        help="GradCAM in the gallery of mistakes",
+    )
     parser.add_argument("--count", type=int, default=12, help="mistakes in the gallery")
-    parser.add_argument("--data-dir", help="the run's data folder, when summary.json does not say "
-                                           "(a notebook's run)")
+    parser.add_argument(
+        "--data-dir",
+        help="the run's data folder, when summary.json does not say (a notebook's run)",
+    )
     parser.add_argument("--out", default="images/app_demo.png")
     args = parser.parse_args(argv)
     try:
@@ -70,8 +85,9 @@ def main(argv=None):
         return 2
     with tempfile.TemporaryDirectory() as example_dir:
         ui = app.build_ui(demo, example_dir)
-        _, url, _ = ui.launch(server_name="127.0.0.1", server_port=free_port(),
-                              prevent_thread_lock=True, quiet=True)
+        _, url, _ = ui.launch(
+            server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True
+        )
         try:
             atomic_write_bytes(args.out, screenshot(url, args.image, args.overlay, args.count))
         finally:
