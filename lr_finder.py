@@ -17,10 +17,8 @@ from lit_classifier import make_optimizer
 from plumbing.files import atomic_write_json
 from recipes import DEFAULT
 
-SKIP_START, SKIP_END = (
-    10,
-    5,
-)  # torch-lr-finder's defaults: the first steps are noise, the last ones the blow-up
+# torch-lr-finder's defaults: the first steps are noise, the last ones the blow-up
+SKIP_START, SKIP_END = (10, 5)
 
 
 def find_lr(

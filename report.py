@@ -60,16 +60,14 @@ def write(settings, trainer, lit, datamodule, test, wall_start):
     }
     if settings["tta"]:
         test_results["test_acc_tta"] = round(float(test["test_acc_tta"]), 6)
-    checkpointing.record_test_results(
-        out / checkpointing.CHECKPOINT, test_results
-    )  # last.ckpt serves alone
+    # last.ckpt serves alone
+    checkpointing.record_test_results(out / checkpointing.CHECKPOINT, test_results)
 
     train_seconds, warmup = run_record.train_seconds(), run_record.warmup_seconds()
     train_images = len(datamodule.train_set)
     batch = settings["batch_size"]
-    trained_images = (
-        train_images // batch * batch * settings["epochs"]
-    )  # the partial batch is dropped
+    # the partial batch is dropped
+    trained_images = train_images // batch * batch * settings["epochs"]
     summary = {
         "recipe": settings["recipe"],
         "model": settings["model"],
@@ -122,9 +120,8 @@ def figures(lit, datamodule, rows, trainer):
         shown["confusion.png"] = utils.plot_confusion(
             utils.confusion_matrix(probs, labels), classes
         )
-        layer = gradcam.DEFAULT_LAYERS[
-            lit.hparams.model_name
-        ]  # 8 mistakes, for the predicted and true class
+        # 8 mistakes, for the predicted and true class
+        layer = gradcam.DEFAULT_LAYERS[lit.hparams.model_name]
         overlays = gradcam.mistake_overlays(
             lit.model, images, labels, mistakes, datamodule.mean, datamodule.std, layer, n=8
         )

@@ -101,12 +101,11 @@ def train(settings, trainer_flags, callbacks=()):
             plugins=[checkpointing.AtomicCheckpointIO()],
             **trainer_flags,
         )
-    cli.check_strategy(trainer, trainer_flags)
+    cli.check_processes(trainer, settings, trainer_flags)
     resume_from = out / checkpointing.CHECKPOINT if settings["resume"] else None
     trainer.fit(lit, datamodule=datamodule, ckpt_path=resume_from)
-    test = trainer.test(lit, datamodule=datamodule, verbose=False)[
-        0
-    ]  # the final weights, never a "best"
+    # the final weights, never a "best"
+    test = trainer.test(lit, datamodule=datamodule, verbose=False)[0]
     if not trainer.is_global_zero:
         return None
     return report.write(settings, trainer, lit, datamodule, test, wall_start)

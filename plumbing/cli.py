@@ -22,6 +22,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from plumbing import checkpointing, hardware
 from plumbing.files import remove_stale_temporary_files
+from plumbing.gpu_data import per_process_batch
 
 # What an entry point prints as one `error:` line instead of a traceback: bad flags or files, a
 # diverged run.
@@ -238,9 +239,8 @@ def parse(argv, description, recipes, models, optimizers, resolve):
     hardware_defaults(settings, trainer_flags)
     check(settings, models)
     if not settings["val_every_epoch"]:
-        trainer_flags.setdefault(
-            "check_val_every_n_epoch", settings["epochs"]
-        )  # the last epoch's only
+        # the last epoch's only
+        trainer_flags.setdefault("check_val_every_n_epoch", settings["epochs"])
     return settings, trainer_flags
 
 
@@ -364,15 +364,17 @@ def prepare_run_folder(settings, outputs):
     return out
 
 
-def check_strategy(trainer, trainer_flags):
-    """Multi-device runs: DDP with one process per device, each started by running train.py
-    again."""
+def check_processes(trainer, settings, trainer_flags):
+    """Multi-device runs, checked before Lightning starts any process: DDP with one process per
+    device (each started by running train.py again), and a global batch that splits evenly between
+    them."""
     if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
         raise ValueError(
             f"--strategy {trainer_flags.get('strategy')} trains in processes started from inside "
             "this one, whose records of the run never come back to it: use --strategy ddp (in a "
             'notebook, a Trainer with strategy="ddp_notebook", see notebook 6)'
         )
+    per_process_batch(settings["batch_size"], trainer.world_size)
 
 
 @contextlib.contextmanager

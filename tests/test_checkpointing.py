@@ -87,9 +87,8 @@ def test_files_survive_sigkill_at_random_moments(tmp_path):
             writer.join(timeout=60)
         assert writer.exitcode == -signal.SIGKILL
         steps.append(read_back(tmp_path))
-    assert len(set(steps)) > 1, (
-        steps
-    )  # the writer got somewhere between kills: the kills hit different writes
+    # the writer got somewhere between kills: the kills hit different writes
+    assert len(set(steps)) > 1, steps
     remove_stale_temporary_files(tmp_path)  # what a killed write leaves: .last.ckpt.xxxx.tmp etc.
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "last.ckpt",
@@ -201,9 +200,8 @@ def test_shuffle_and_augmentation_depend_only_on_seed_and_epoch():
     )
     for (images, labels), (images_w, labels_w) in zip(in_process, with_workers, strict=True):
         assert torch.equal(images, images_w) and torch.equal(labels, labels_w)
-    assert not torch.equal(
-        in_process[0][0], next_epoch[0][0]
-    )  # another epoch: another order, other crops
+    # another epoch: another order, other crops
+    assert not torch.equal(in_process[0][0], next_epoch[0][0])
     # the same image in two epochs is augmented differently, in one epoch identically however it is
     # loaded
     assert not torch.equal(

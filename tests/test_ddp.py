@@ -53,9 +53,8 @@ def test_epoch_sampler_shares_make_the_one_device_batches(size, batch_size):
     assert set(sum(batches[0], [])).isdisjoint(sum(batches[1], []))
     assert all(d.epoch == 4 for d in shares[0])
     other = EpochSampler(size, 3, epoch=0, num_replicas=2, rank=0, batch_size=batch_size)
-    other.set_epoch(
-        4
-    )  # what Lightning calls on it (it is a DistributedSampler, so Lightning does not wrap it)
+    # what Lightning calls on it (it is a DistributedSampler, so Lightning does not wrap it)
+    other.set_epoch(4)
     assert [d.index for d in other] == [d.index for d in shares[0]]
 
 
@@ -93,9 +92,8 @@ def test_device_batches_shares_are_the_one_device_batch_exactly(size):
     ]
     order = torch.cat([y for share in evaluated for _, y in share])
     assert torch.equal(order, torch.arange(size))  # each image evaluated once, by one process
-    assert (
-        max(len(y) for share in evaluated for _, y in share) == 10
-    )  # batches of batch_size / processes
+    # batches of batch_size / processes
+    assert max(len(y) for share in evaluated for _, y in share) == 10
 
 
 def test_datamodule_shards_for_the_trainers_processes():
@@ -122,9 +120,8 @@ def test_datamodule_shards_for_the_trainers_processes():
         # half of each global batch, half the test split
         assert [len(labels) for _, labels in train_batches] == [10] * 5, augment_on
         assert sum(len(labels) for _, labels in test_batches) == 15, augment_on
-        assert (
-            sum(len(labels) for _, labels in dm.predict_dataloader()) == 30
-        )  # the whole split, for the plots
+        # the whole split, for the plots
+        assert sum(len(labels) for _, labels in dm.predict_dataloader()) == 30
     dm = CIFAR10DataModule(
         synthetic=True, train_size=100, test_size=30, batch_size=25, num_workers=0
     )

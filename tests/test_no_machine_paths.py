@@ -36,9 +36,8 @@ def test_cleaning_makes_paths_relative_and_keeps_the_rest(tmp_path):
     )
     path = tmp_path / "n.ipynb"
     nbformat.write(nbformat.v4.new_notebook(cells=[cell]), path)
-    assert (
-        len(clean_notebooks.machine_paths(path)) == 4
-    )  # a home, a temporary folder twice, a Windows drive
+    # a home, a temporary folder twice, a Windows drive
+    assert len(clean_notebooks.machine_paths(path)) == 4
     assert clean_notebooks.clean(path, root=root)
     outputs = nbformat.read(path, as_version=4).cells[0].outputs
     assert outputs[0].text == (

@@ -141,6 +141,5 @@ def test_the_notebooks_loop_and_lightning_agree_epoch_by_epoch():
         for name in ("train_loss", "train_acc", "val_loss", "val_acc"):
             tolerance = LOSS_TOLERANCE if name.endswith("loss") else ACCURACY_TOLERANCE
             assert mine[name] == pytest.approx(theirs[name], abs=tolerance), (mine["epoch"], name)
-    assert (
-        loop[-1]["train_loss"] < loop[0]["train_loss"]
-    )  # it trained: the comparison is not of two idle runs
+    # it trained: the comparison is not of two idle runs
+    assert loop[-1]["train_loss"] < loop[0]["train_loss"]

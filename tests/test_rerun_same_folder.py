@@ -46,9 +46,8 @@ def test_a_folder_holding_a_run_is_refused_and_left_alone(old_run, capsys):
 
 
 def test_overwrite_replaces_the_old_run_without_leftovers(old_run, tmp_path):
-    (old_run / "lr_finder.png").write_bytes(
-        b"from the old run"
-    )  # a file the new run does not write
+    # a file the new run does not write
+    (old_run / "lr_finder.png").write_bytes(b"from the old run")
     (old_run / "notes.txt").write_text("the user's own")
     assert train.main(TINY + ["--lr", "0.05", "--overwrite", "--out", str(old_run)]) == 0
     assert sorted(p.name for p in old_run.glob("*.ckpt")) == ["last.ckpt"]
@@ -59,9 +58,8 @@ def test_overwrite_replaces_the_old_run_without_leftovers(old_run, tmp_path):
         not (old_run / "lr_finder.png").exists()
         and (old_run / "notes.txt").read_text() == "the user's own"
     )
-    assert [p.name for p in (old_run / "logs").iterdir()] == [
-        "version_0"
-    ]  # the old run's logs went with it
+    # the old run's logs went with it
+    assert [p.name for p in (old_run / "logs").iterdir()] == ["version_0"]
 
 
 def test_resume_and_overwrite_together_are_refused(old_run, capsys):

@@ -83,9 +83,8 @@ def test_sigkilled_run_resumes_to_the_same_result(reference, tmp_path):
 
     result = train_cli("--resume", str(out), "--num-workers", "2")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert metric_rows(out) == metric_rows(
-        reference
-    )  # rows appended to the killed run's, never restarted
+    # rows appended to the killed run's, never restarted
+    assert metric_rows(out) == metric_rows(reference)
     assert summary(out)["test_acc"] == summary(reference)["test_acc"]
     assert summary(out)["test_loss"] == summary(reference)["test_loss"]
     assert summary(out)["resumed_after_epochs"] == [saved_epochs]

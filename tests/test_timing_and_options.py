@@ -50,9 +50,8 @@ class Tiny(pl.LightningModule):
 
 def loader():
     torch.manual_seed(0)
-    return DataLoader(
-        TensorDataset(torch.randn(24, 4)), batch_size=4
-    )  # 6 steps per epoch, fixed order
+    # 6 steps per epoch, fixed order
+    return DataLoader(TensorDataset(torch.randn(24, 4)), batch_size=4)
 
 
 def test_train_seconds_count_training_steps_only(monkeypatch):
@@ -63,14 +62,10 @@ def test_train_seconds_count_training_steps_only(monkeypatch):
         max_epochs=3, callbacks=[record], num_sanity_val_steps=2, limit_val_batches=2, **QUIET
     )
     trainer.fit(Tiny(clock), loader(), loader())
-    assert record.epoch_seconds == [
-        6,
-        6,
-        6,
-    ]  # 6 steps each; the validations inside the epochs are taken out
-    assert record.eval_seconds == 100 * (
-        2 + 3 * 2
-    )  # the sanity check's 2 batches, then 2 per epoch
+    # 6 steps each; the validations inside the epochs are taken out
+    assert record.epoch_seconds == [6, 6, 6]
+    # the sanity check's 2 batches, then 2 per epoch
+    assert record.eval_seconds == 100 * (2 + 3 * 2)
     assert record.train_seconds() == 18 and record.warmup_seconds() == 0
 
 

@@ -35,9 +35,8 @@ def write_airbench_data(data, folder):
     for split in ("train", "test"):
         torch.save(
             {
-                "images": torch.from_numpy(
-                    data[f"{split}_images"]
-                ),  # uint8 N x 32 x 32 x 3, as airbench's
+                # uint8 N x 32 x 32 x 3, as airbench's
+                "images": torch.from_numpy(data[f"{split}_images"]),
                 "labels": torch.from_numpy(data[f"{split}_labels"]),
                 "classes": list(CLASSES),
             },

@@ -46,9 +46,8 @@ class StepClock(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if batch_idx in (self.warmup - 1, self.last_step):
-            synchronize(
-                pl_module.device
-            )  # at the two ends only: a sync every step would slow a GPU
+            # at the two ends only: a sync every step would slow a GPU
+            synchronize(pl_module.device)
             now = time.perf_counter()
             if batch_idx == self.warmup - 1:
                 self.start = now

@@ -60,9 +60,8 @@ def rewrite(url, root=ROOT):
     for path in [root / "README.md", root / "tools" / "repo_url.py"]:
         text = path.read_text()
         new = BADGE.sub(f"https://colab.research.google.com/github/{owner}/{name}/blob/", text)
-        new = CLONE.sub(
-            f'REPO_URL = "{url}"', new.replace(REPO_URL, url)
-        )  # plain mentions too (git clone ...)
+        # plain mentions too (git clone ...)
+        new = CLONE.sub(f'REPO_URL = "{url}"', new.replace(REPO_URL, url))
         if new != text:
             path.write_text(new)
             changed.append(path)
