@@ -1,4 +1,5 @@
-"""Take the machine's own paths out of executed notebooks' outputs before they are committed.
+"""Take the machine's own paths (and terminal colour codes and progress-bar redraws) out of executed
+notebooks' outputs before they are committed.
 
     python tools/clean_notebooks.py [notebooks/*.ipynb]      # default: every notebook in notebooks/
 
@@ -23,7 +24,14 @@ MACHINE_PATH = re.compile(
 )
 
 
+# Terminal colour codes, and a progress bar's earlier states (each redraw starts with a carriage
+# return): GitHub shows them as noise.
+ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+REDRAWN = re.compile(r"[^\n\r]+\r(?=[^\n])")
+
+
 def clean_text(text, root=ROOT):
+    text = REDRAWN.sub("", ANSI_COLOUR.sub("", text))
     text = SITE_PACKAGES.sub("site-packages/", text)
     return text.replace(f"{root}/", "").replace(str(root), ".")
 
