@@ -14,6 +14,17 @@ import pytest  # noqa: E402
 
 from data import make_synthetic, write_cifar_folder  # noqa: E402
 
+# What every finished run leaves in its folder (report.RUN_OUTPUTS also names optional ones).
+RUN_FILES = (
+    "summary.json",
+    "metrics.csv",
+    "last.ckpt",
+    "curves.png",
+    "misclassified.png",
+    "gradcam.png",
+    "confusion.png",
+)
+
 
 @pytest.fixture(scope="session")
 def cifar_dir(tmp_path_factory):

@@ -20,6 +20,7 @@ from plumbing import hardware
 from plumbing.gpu_data import DeviceBatches
 from tests.conftest import (
     ROOT,
+    RUN_FILES,
     SMALL_RUN,
     assert_real_figures,
     figure_pixels,
@@ -138,15 +139,6 @@ def test_datamodule_shards_for_the_trainers_processes():
 # that is not gathered from both processes shows.
 RUN = SMALL_RUN + ["--num-workers", "0"]
 DDP = ["--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
-RUN_FILES = (
-    "summary.json",
-    "metrics.csv",
-    "last.ckpt",
-    "curves.png",
-    "misclassified.png",
-    "gradcam.png",
-    "confusion.png",
-)
 
 
 def train_cli(*argv):

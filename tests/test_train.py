@@ -12,17 +12,8 @@ import utils
 from data import CIFAR10DataModule
 from lit_classifier import LitClassifier
 from plumbing import hardware
-from tests.conftest import ROOT, assert_real_figures, figure_pixels, lowest_loss_lr
+from tests.conftest import ROOT, RUN_FILES, assert_real_figures, figure_pixels, lowest_loss_lr
 
-RUN_FILES = (
-    "summary.json",
-    "metrics.csv",
-    "last.ckpt",
-    "curves.png",
-    "misclassified.png",
-    "gradcam.png",
-    "confusion.png",
-)
 SUMMARY_KEYS = (
     "model",
     "params",

@@ -17,30 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from plumbing.files import atomic_write_text
-from plumbing.records import (
-    APP_LATENCY,
-    RUN,
-    RUN_KEYS,
-    SPACE_LATENCY,
-    THROUGHPUT,
-    THROUGHPUT_KEYS,
-)
+from plumbing.records import APP_LATENCY, RUN, RUN_KEYS, SPACE_LATENCY, THROUGHPUT, THROUGHPUT_KEYS
 
-# Runs that differ only in the seed are one row of the table.
-GROUP_KEYS = (
-    "recipe",
-    "model",
-    "epochs",
-    "batch_size",
-    "device",
-    "data",
-    "train_images",
-    "test_images",
-    "augment_on",
-    "channels_last",
-    "precision",
-    "compile",
-    "torch",
+# Runs that differ only in the seed (hence in their results) are one row of the table.
+GROUP_KEYS = tuple(
+    key
+    for key in RUN_KEYS
+    if key not in ("seed", "test_acc", "test_acc_tta", "wall_seconds", "train_seconds")
 )
 BEGIN = (
     "<!-- results tables: written by `python tools/results_table.py` from results/*.json, "
