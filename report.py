@@ -3,6 +3,7 @@ timings), the figures (curves, the most confident mistakes, the confusion matrix
 mistakes), the serving record in last.ckpt, and a time-to-accuracy record for the README's table
 when asked. train.py calls `write` at its end."""
 
+import os
 import time
 from pathlib import Path
 
@@ -84,6 +85,10 @@ def write(settings, trainer, lit, datamodule, test, wall_start):
         "eval_seconds": round(run_record.eval_seconds, 3),
         "wall_seconds": None,  # the whole run, figures included: set once they are written
         "train_epoch_seconds": [round(seconds, 3) for seconds in run_record.epoch_seconds],
+        # test accuracy after each epoch (the validation split is the test split)
+        "epoch_test_acc": [
+            None if row["val_acc"] == "" else round(row["val_acc"], 6) for row in history.rows
+        ],
         "images_per_second": round(trained_images / train_seconds, 1),
         "device": describe_device(trainer.strategy.root_device),
         "augment_on": settings["augment_on"],
@@ -98,6 +103,9 @@ def write(settings, trainer, lit, datamodule, test, wall_start):
     for name, figure in figures(lit, datamodule, history.rows, trainer).items():
         atomic_savefig(figure, out / name)
     summary["wall_seconds"] = round(time.perf_counter() - wall_start, 3)
+    # how busy the machine was (1, 5, 15 min): a timed run shares it with nothing heavy
+    summary["load_before"] = [round(load, 2) for load in run_record.load_before or ()]
+    summary["load_after"] = [round(load, 2) for load in os.getloadavg()]
     atomic_write_json(out / "summary.json", summary)
     if settings["results_dir"]:
         records.write_record(settings["results_dir"], records.record_from_summary(summary))

@@ -6,6 +6,7 @@ callback states); `--resume RUN_DIR` hands it to `trainer.fit(ckpt_path=...)`. R
 from (seed, epoch) rather than carried as state (see SeedEachEpoch and data.EpochSampler), so a
 resumed run replays exactly the epochs it lost."""
 
+import os
 import pickle
 import random
 import time
@@ -64,11 +65,13 @@ class RunRecord(pl.Callback):
         self.session_starts = []  # index into epoch_seconds of each session's first epoch
         self.eval_seconds = 0.0  # validation, sanity checks included, over all sessions
         self.resumed_after_epochs = []
+        self.load_before = None  # the load average (1, 5, 15 min) as this session's training began
         self._restored = False
         self._epoch_start = self._validation_start = None
         self._paused = 0.0
 
     def on_train_start(self, trainer, pl_module):
+        self.load_before = os.getloadavg()
         if self._restored:
             self.resumed_after_epochs.append(trainer.current_epoch)
         self.session_starts.append(len(self.epoch_seconds))

@@ -235,6 +235,8 @@ def parse(argv, description, recipes, models, optimizers, resolve):
         return resumed(given, trainer_flags, explicit_options(parser, argv))
     if given["out"] is None:
         parser.error("the following arguments are required: --out (or --resume RUN_DIR)")
+    if given["batch_size"] is None and on_cpu(trainer_flags):
+        given["batch_size"] = hardware.CPU_BATCH_SIZE  # resolve() scales the recipe's LR to it
     settings = resolve(given)
     hardware_defaults(settings, trainer_flags)
     check(settings, models)

@@ -4,6 +4,7 @@ import io
 import json
 import os
 import platform
+import re
 import tempfile
 from pathlib import Path
 
@@ -67,4 +68,15 @@ def describe_device(device) -> str:
         return torch.cuda.get_device_name(device)
     if device.type == "mps":
         return "Apple MPS"
-    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    return f"CPU ({cpu_name()}, {os.cpu_count()} cores)"
+
+
+def cpu_name():
+    """'Intel Xeon Processor' from /proc/cpuinfo on Linux, else what platform says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return re.sub(r"\((R|TM)\)", "", line.split(":", 1)[1]).strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -62,7 +62,17 @@ def record_from_summary(summary):
         "compile": bool(summary["settings"]["compile"]),
         "test_acc_tta": summary.get("test_acc_tta"),
         **{
-            key: summary[key] for key in ("tta", "warmup_seconds", "eval_seconds") if key in summary
+            key: summary[key]
+            for key in (
+                "tta",
+                "warmup_seconds",
+                "eval_seconds",
+                "train_epoch_seconds",
+                "epoch_test_acc",
+                "load_before",
+                "load_after",
+            )
+            if key in summary
         },
         "torch": summary["versions"]["torch"],
         "lightning": summary["versions"]["pytorch_lightning"],
@@ -74,14 +84,15 @@ def slug(text):
 
 
 def write_record(folder, record):
-    """results/RECIPE-MODEL-Nep-seedS-DEVICE.json; a rerun of the same setting and seed replaces
-    its file."""
+    """results/RECIPE-MODEL-Nep-bBATCH-IMAGES-PRECISION-seedS-DEVICE.json; a rerun of the same
+    setting and seed replaces its file."""
     missing = [key for key in RUN_KEYS if key not in record]
     if missing:
         raise ValueError(f"a time-to-accuracy record needs {', '.join(missing)}")
     name = (
         f"{slug(record['recipe'])}-{slug(record['model'])}-{slug(record['epochs'])}ep-"
-        f"seed{record['seed']}-{slug(record['device'])}.json"
+        f"b{record['batch_size']}-{record['train_images'] or 'all'}img-"
+        f"{slug(record['precision'])}-seed{record['seed']}-{slug(record['device'])}.json"
     )
     path = Path(folder) / name
     atomic_write_json(path, record)

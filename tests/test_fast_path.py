@@ -14,7 +14,7 @@ import train
 from data import CIFAR10DataModule, make_synthetic
 from lit_classifier import LitClassifier
 from lr_finder import find_lr
-from plumbing import hardware
+from plumbing import cli, hardware
 from plumbing.gpu_data import DeviceBatches
 from tests.conftest import lowest_loss_lr, parse_train_args
 from tools import bench
@@ -27,10 +27,20 @@ def resolved(*argv):
     return parse_train_args(list(argv) + ["--out", "unused"])[0]
 
 
-def test_without_flags_the_resnet9_gets_the_dawn_recipe():
+def test_without_flags_the_resnet9_gets_the_dawn_recipe_at_the_machines_batch_size():
     settings = resolved()
+    dawn = recipes.RECIPES["dawn"]
     assert settings["recipe"] == "dawn"
-    assert {key: settings[key] for key in recipes.SETTINGS} == recipes.RECIPES["dawn"]
+    # a CPU trains 256 images per step by default (plumbing/hardware.py), the LR scaled to it
+    batch = hardware.CPU_BATCH_SIZE if cli.on_cpu({}) else dawn["batch_size"]
+    assert settings["batch_size"] == batch
+    assert settings["lr"] == pytest.approx(recipes.scaled_lr(dawn, batch))
+    same = [key for key in recipes.SETTINGS if key not in ("batch_size", "lr")]
+    assert {key: settings[key] for key in same} == {key: dawn[key] for key in same}
+    # on a GPU, and wherever --batch-size is given, the recipe's own
+    settings = resolved("--accelerator", "gpu")
+    assert {key: settings[key] for key in recipes.SETTINGS} == dawn
+    assert resolved("--accelerator", "cpu", "--batch-size", "512")["lr"] == dawn["lr"]
 
 
 def test_explicit_flags_override_single_recipe_values():

@@ -32,6 +32,8 @@ def run_record(seed, acc, tta, wall, recipe="dawn", device="Test GPU"):
         "wall_seconds": wall,
         "train_seconds": wall - 3,
         "torch": "2.11.0",
+        "load_before": [0.5 + seed, 1, 1],
+        "load_after": [2.0, 1, 1],
     }
 
 
@@ -61,9 +63,9 @@ def results_dir(tmp_path):
     ):
         records.write_record(folder, run_record(seed, acc, tta, wall))
     records.write_record(folder, run_record(0, 0.9, None, 30.0, recipe="course"))
-    records.write_record(
-        folder, {**run_record(1, 0.93, 0.94, 4.0, recipe="airbench94"), "tta": "mirror+translate"}
-    )
+    airbench = {**run_record(1, 0.93, 0.94, 4.0, recipe="airbench94"), "tta": "mirror+translate"}
+    del airbench["load_before"], airbench["load_after"]  # its records have none
+    records.write_record(folder, airbench)
     (folder / "bench_cpu_test.json").write_text(json.dumps(BENCH))
     return folder
 
@@ -75,12 +77,14 @@ def test_one_row_per_setting_with_mean_and_spread_over_seeds(results_dir):
         ("course", 1),
         ("dawn", 3),
     ]
-    assert rows[0]["test_acc_tta"] == "94.00 (mirror+translate)"
+    assert rows[0]["test_acc_tta"] == "94.00 (mirror+translate)" and rows[0]["load"] == ""
     rows = rows[1:]
     dawn = rows[1]
     assert dawn["test_acc"] == "95.00 ± 1.00" and dawn["test_acc_tta"] == "95.50 ± 1.00"
-    assert dawn["wall_seconds"] == "22.0 ± 2.0"
+    assert dawn["wall_seconds"] == "22.0 ± 2.0" and dawn["train_seconds"] == "19.0 ± 2.0"
+    assert dawn["load"] == "0.50-2.50 / 2.00"  # the range over the seeds' runs
     assert rows[0]["test_acc"] == "90.00" and rows[0]["test_acc_tta"] == ""
+    assert rows[0]["load"] == "0.50 / 2.00"
 
 
 def test_readme_gets_both_tables_between_the_markers_and_nothing_else_changes(
@@ -93,9 +97,9 @@ def test_readme_gets_both_tables_between_the_markers_and_nothing_else_changes(
     assert "old table" not in text and text.startswith("# Title\n\n## Results\n\n" + BEGIN)
     assert text.endswith(END + "\n\n## After\ntext\n")
     assert (
-        "| dawn | custom_resnet | 24 | 3 | 95.00 ± 1.00 | 95.50 ± 1.00 | 22.0 ± 2.0 | "
-        "Test GPU | CIFAR-10 (JPEG offline copy) | device, bf16-mixed, channels-last | "
-        "2.11.0 |"
+        "| dawn | custom_resnet | 24 | 512 | 3 | 95.00 ± 1.00 | 95.50 ± 1.00 | 19.0 ± 2.0 | "
+        "22.0 ± 2.0 | Test GPU | CIFAR-10 (JPEG offline copy) | "
+        "device, bf16-mixed, channels-last | 0.50-2.50 / 2.00 | 2.11.0 |"
     ) in text
     assert (
         "| Test CPU | custom_resnet | 64 | loader (0) | 32-true | no | 45.5 | 50.0 | 0.910 | "

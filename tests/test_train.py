@@ -58,6 +58,12 @@ def test_summary_fields(small_run):
     trained, seconds = 5 * 20 * 3, summary["train_seconds"]
     fastest, slowest = trained / (seconds - 5e-4), trained / (seconds + 5e-4)
     assert slowest - 0.05 <= summary["images_per_second"] <= fastest + 0.05
+    # the test accuracy after each epoch (the last one is the final test's), and how busy the
+    # machine was before and after
+    assert len(summary["epoch_test_acc"]) == 3
+    assert summary["epoch_test_acc"][-1] == pytest.approx(summary["test_acc"], abs=1e-6)
+    assert len(summary["load_before"]) == len(summary["load_after"]) == 3
+    assert all(load >= 0 for load in summary["load_before"] + summary["load_after"])
 
 
 def test_cpu_training_ends_well_above_chance(small_run):

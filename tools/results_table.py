@@ -99,11 +99,29 @@ def run_rows(records):
                 )
                 if len(tta) == len(runs)
                 else "",
+                "batch_size": first["batch_size"],
+                "train_seconds": mean_sd([r["train_seconds"] for r in runs], digits=1),
                 "wall_seconds": mean_sd([r["wall_seconds"] for r in runs], digits=1),
+                "load": load_range(runs),
             }
         )
     return sorted(
         rows, key=lambda r: (r["device"], r["data"], r["model"], r["recipe"], float(r["epochs"]))
+    )
+
+
+def load_range(runs):
+    """'before / after' of the 1-minute load average over a row's runs (records without one, as
+    airbench's, show nothing)."""
+    if not all(r.get("load_before") and r.get("load_after") for r in runs):
+        return ""
+
+    def span(values):
+        low, high = min(values), max(values)
+        return f"{low:.2f}" if low == high else f"{low:.2f}-{high:.2f}"
+
+    return (
+        f"{span([r['load_before'][0] for r in runs])} / {span([r['load_after'][0] for r in runs])}"
     )
 
 
@@ -117,13 +135,16 @@ RUN_COLUMNS = (
     ("recipe", "recipe"),
     ("model", "model"),
     ("epochs", "epochs"),
+    ("batch_size", "batch"),
     ("seeds", "seeds"),
     ("test_acc", "test acc. %"),
     ("test_acc_tta", "TTA acc. % (mirror unless noted)"),
+    ("train_seconds", "train s"),
     ("wall_seconds", "wall s"),
     ("device", "device"),
     ("data", "data"),
     ("setup", "augmented on, precision"),
+    ("load", "load avg. (1 min) before/after"),
     ("torch", "torch"),
 )
 THROUGHPUT_COLUMNS = (
@@ -145,8 +166,8 @@ def tables(found):
     """The markdown that goes between the README markers."""
     parts = [
         "Time to accuracy: test accuracy after the last epoch, without and with "
-        "test-time augmentation (mean ± standard deviation over seeds); wall seconds of the "
-        "whole run, data loading and testing included."
+        "test-time augmentation (mean ± standard deviation over seeds); train seconds: the "
+        "training epochs alone; wall seconds: the whole run, data loading and testing included."
     ]
     runs = run_rows(found[RUN])
     parts.append(
