@@ -4,6 +4,7 @@ OneCycleLR, and the callback that keeps its per-epoch history (metrics.csv)."""
 import csv
 import inspect
 import io
+import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -16,6 +17,11 @@ from model import build_model, class_probabilities
 from plumbing.checkpointing import read_checkpoint
 from plumbing.files import atomic_write_text
 from recipes import DEFAULT
+
+# Warnings at every fit that are not the user's to act on: Lightning 2.6 calls a torch API that
+# newer torch deprecates; last.ckpt sits in the run folder beside the logs, so it is never empty.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
 
 OPTIMIZERS = ("sgd", "adam")
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")

@@ -11,7 +11,6 @@ summary.json, the figures and the logs (report.py)."""
 
 import sys
 import time
-import warnings
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ModelSummary
@@ -112,9 +111,6 @@ def train(settings, trainer_flags, callbacks=()):
 
 
 def main(argv=None):
-    # last.ckpt sits in the run folder beside the logs, so the folder is never empty: nothing to
-    # warn about
-    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     try:
         settings, trainer_flags = cli.parse(
             argv, __doc__.split("\n\n")[0], recipes.RECIPES, MODELS, OPTIMIZERS, recipes.resolve

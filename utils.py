@@ -17,10 +17,14 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # else albumentations asks PyPI on import
+# albumentations imports tqdm.auto, which in a Jupyter without ipywidgets warns before it falls back
+# to the text progress bar (which works)
+warnings.filterwarnings("ignore", "IProgress not found")
 
 import albumentations as A
 import cv2

@@ -91,7 +91,7 @@ def build_parser(description, recipes, models, optimizers):
         type=int,
         metavar="N",
         help="the global batch, split between the devices "
-        "(recipe; another batch size scales the recipe's LR linearly)",
+        "(recipe; 256 when training on a CPU; another batch size scales the recipe's LR linearly)",
     )
     add(
         "--data-dir",
