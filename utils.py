@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # else albumentations asks PyPI on import
-# albumentations imports tqdm.auto, which in a Jupyter without ipywidgets warns before it falls back
-# to the text progress bar (which works)
+# In a Jupyter without ipywidgets, tqdm.auto (imported by albumentations) and rich (Lightning's
+# progress bar) warn before they fall back to text progress bars, which work
 warnings.filterwarnings("ignore", "IProgress not found")
+warnings.filterwarnings("ignore", 'install "ipywidgets" for Jupyter support')
 
 import albumentations as A
 import cv2
