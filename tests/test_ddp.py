@@ -209,12 +209,14 @@ def test_ddp_metrics_cover_both_processes(ddp_run):
         synthetic=True, train_size=105, test_size=45, seed=5, batch_size=20, num_workers=0
     )
     dm.setup()
-    with torch.no_grad():
+    info = summary(ddp_run)
+    # in the precision the run tested in (bf16 on a CPU that computes it natively)
+    bf16 = info["precision"] == "bf16-mixed"
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         logits, labels = map(
             torch.cat, zip(*[(lit.model.eval()(x), y) for x, y in dm.test_dataloader()])
         )
-    loss = torch.nn.functional.cross_entropy(logits, labels)
-    info = summary(ddp_run)
+    loss = torch.nn.functional.cross_entropy(logits.float(), labels)
     assert float((logits.argmax(1) == labels).float().mean()) == pytest.approx(
         info["test_acc"], abs=1e-6
     )
