@@ -31,6 +31,8 @@ def find_lr(
     end_lr=10.0,
     num_iter=100,
     device=None,
+    precision="32-true",
+    channels_last=False,
 ):
     """Run the range test on a copy of `model` (the model itself is left untouched).
 
@@ -39,11 +41,25 @@ def find_lr(
     up (LR too large). Returns (suggested_lr, figure): a tenth of the LR where the smoothed loss was
     lowest (see `suggest`), and the loss-vs-LR curve with both marked. Steps after the loss became
     NaN/inf are dropped (torch-lr-finder runs on through NaN); too few finite steps left is a
-    ValueError."""
+    ValueError.
+
+    `precision` (Lightning's name: "bf16-mixed", "16-mixed", else float32) and `channels_last` are
+    the training run's, so the test runs as fast as training does, on the network training runs."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = copy.deepcopy(model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model.parameters(), optimizer, start_lr, momentum, weight_decay)
-    finder = LRFinder(model, opt, nn.CrossEntropyLoss(), device=device)
+    mixed = {}  # torch-lr-finder's autocast path; float16 needs loss scaling, bf16 does not
+    dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(str(precision).split("-")[0])
+    if dtype is not None:
+        device_type = torch.device(device).type
+        mixed = dict(
+            amp_backend="torch",
+            amp_config=dict(device_type=device_type, dtype=dtype),
+            grad_scaler=torch.amp.GradScaler(device_type, enabled=dtype == torch.float16),
+        )
+    finder = LRFinder(model, opt, nn.CrossEntropyLoss(), device=device, **mixed)
     if not isinstance(
         train_loader, DataLoader
     ):  # torch-lr-finder takes other iterables (DeviceBatches) wrapped

@@ -60,6 +60,8 @@ def train(settings, trainer_flags, callbacks=()):
             settings["optimizer"],
             settings["weight_decay"],
             settings["momentum"],
+            precision=trainer_flags.get("precision", "32-true"),
+            channels_last=settings["channels_last"],
         )
         atomic_savefig(figure, out / "lr_finder.png")
         print(f"LR range test suggests a OneCycle peak of {settings['lr']:.3g}")

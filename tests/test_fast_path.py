@@ -207,6 +207,39 @@ def test_lr_range_test_runs_on_device_batches():
     assert suggested == pytest.approx(lowest_loss_lr(figure) / 10, rel=1e-9)
 
 
+def test_lr_range_test_runs_in_the_given_precision_and_layout():
+    images, labels = make_synthetic(32, seed=0)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(
+            torch.tensor(images).permute(0, 3, 1, 2).float() / 255, torch.tensor(labels)
+        ),
+        batch_size=8,
+    )
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(10))
+    net(torch.zeros(1, 3, 32, 32))  # the lazy layer takes its shape
+    seen = []
+
+    def record(conv, inputs, output):
+        seen.append((output.dtype, conv.weight.is_contiguous(memory_format=torch.channels_last)))
+
+    net[0].register_forward_hook(record)  # deepcopy in find_lr copies the hook too
+    find_lr(
+        net,
+        loader,
+        num_iter=30,
+        end_lr=1.0,
+        device="cpu",
+        precision="bf16-mixed",
+        channels_last=True,
+    )
+    assert seen and set(seen) == {(torch.bfloat16, True)}
+    seen.clear()
+    find_lr(net, loader, num_iter=30, end_lr=1.0, device="cpu")  # the default: float32, NCHW
+    assert seen and set(seen) == {(torch.float32, False)}
+    assert net[0].weight.is_contiguous()  # the caller's network is left as it was
+
+
 def test_bench_writes_both_throughputs_and_their_ratio(tmp_path):
     out = tmp_path / "bench.json"
     assert (

@@ -46,6 +46,7 @@ BENCH = {
     "num_workers": 0,
     "precision": "32-true",
     "channels_last": False,
+    "compile": False,
     "pipeline_images_per_second": 45.5,
     "bare_images_per_second": 50.0,
     "ratio": 0.91,
@@ -67,6 +68,8 @@ def results_dir(tmp_path):
     del airbench["load_before"], airbench["load_after"]  # its records have none
     records.write_record(folder, airbench)
     (folder / "bench_cpu_test.json").write_text(json.dumps(BENCH))
+    compiled = {**BENCH, "compile": True, "pipeline_images_per_second": 40.0}
+    (folder / "bench_cpu_test_compile.json").write_text(json.dumps(compiled))
     return folder
 
 
@@ -101,10 +104,14 @@ def test_readme_gets_both_tables_between_the_markers_and_nothing_else_changes(
         "22.0 ± 2.0 | Test GPU | CIFAR-10 (JPEG offline copy) | "
         "device, bf16-mixed, channels-last | 0.50-2.50 / 2.00 | 2.11.0 |"
     ) in text
-    assert (
-        "| Test CPU | custom_resnet | 64 | loader (0) | 32-true | no | 45.5 | 50.0 | 0.910 | "
-        "0.925 | 1.50 / 2.25 |"
-    ) in text
+    # one row per setting, the compiled one after the eager one
+    eager = (
+        "| Test CPU | custom_resnet | 64 | loader (0) | 32-true | no | no | 45.5 | 50.0 | 0.910 | "
+    )
+    compiled = (
+        "| Test CPU | custom_resnet | 64 | loader (0) | 32-true | no | yes | 40.0 | 50.0 | 0.910 | "
+    )
+    assert eager + "0.925 | 1.50 / 2.25 |\n" + compiled in text
     assert results_table.main(["--results-dir", str(results_dir), "--readme", str(readme)]) == 0
     assert readme.read_text() == text  # regenerating is idempotent
 

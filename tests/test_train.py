@@ -170,10 +170,11 @@ def test_the_curves_show_the_runs_own_metrics(small_run, tiny_run):
 
 
 def test_lr_find_sets_the_peak_and_saves_its_plot(tmp_path, monkeypatch):
-    found = []
+    found, speed = [], []
 
     def recording_find_lr(*args, **kwargs):
         found.append(find_lr(*args, **kwargs))
+        speed.append({key: kwargs[key] for key in ("precision", "channels_last")})
         return found[-1]
 
     find_lr = train.find_lr
@@ -199,6 +200,8 @@ def test_lr_find_sets_the_peak_and_saves_its_plot(tmp_path, monkeypatch):
     assert suggested == pytest.approx(lowest_loss_lr(figure) / 10, rel=1e-9)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["settings"]["lr"] == suggested
+    # the range test runs as the training did: its precision and memory layout
+    assert speed == [{key: summary[key] for key in ("precision", "channels_last")}]
     checkpoint = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["hyper_parameters"]["lr"] == suggested
     assert figure_pixels(out / "lr_finder.png").shape[1] >= 400

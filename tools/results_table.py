@@ -147,6 +147,8 @@ RUN_COLUMNS = (
     ("load", "load avg. (1 min) before/after"),
     ("torch", "torch"),
 )
+# one row per setting: the same model and batch sorted by what else differs
+BENCH_ORDER = ("device", "model", "batch_size", "precision", "augment_on", "num_workers", "compile")
 THROUGHPUT_COLUMNS = (
     ("device", "device"),
     ("model", "model"),
@@ -154,6 +156,7 @@ THROUGHPUT_COLUMNS = (
     ("data", "augmented on (workers)"),
     ("precision", "precision"),
     ("layout", "channels-last"),
+    ("compiled", "compiled"),
     ("pipeline", "pipeline images/s"),
     ("bare", "bare loop images/s"),
     ("ratio", "ratio of the best rounds"),
@@ -182,11 +185,12 @@ def tables(found):
             "bare": f"{b['bare_images_per_second']:.1f}",
             "data": f"{b['augment_on']} ({b['num_workers']})",
             "layout": "yes" if b["channels_last"] else "no",
+            "compiled": "yes" if b["compile"] else "no",
             "ratio": f"{b['ratio']:.3f}",
             "round_ratio": f"{b['median_round_ratio']:.3f}",
             "load": f"{b['load_before'][0]:.2f} / {b['load_after'][0]:.2f}",
         }
-        for b in sorted(found[THROUGHPUT], key=lambda b: (b["device"], b["model"], b["batch_size"]))
+        for b in sorted(found[THROUGHPUT], key=lambda b: [b[key] for key in BENCH_ORDER])
     ]
     if bench:
         parts.append(
