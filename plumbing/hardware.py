@@ -5,9 +5,9 @@ both)."""
 
 import torch
 
-# On a CPU, 256 images per step train faster per image than the recipes' 512, and 128 is no faster
-# than 256 (tools/bench.py, 2-core Xeon, bf16 + channels-last, images/s at 128 / 256 / 512:
-# ResNet-9 331 / 340 / 275, ResNet-18 176 / 177 / 158).
+# On a CPU, 256 images per step train faster per image than the recipes' 512, and 128 is not clearly
+# faster than 256 (results/bench_cpu_*_bf16.json: 2-core Xeon, bf16 + channels-last, pipeline
+# images/s at 128 / 256 / 512: ResNet-9 341 / 378 / 301, ResNet-18 195 / 188 / 163).
 CPU_BATCH_SIZE = 256
 
 
